@@ -1,0 +1,62 @@
+"""The one attention function of minip2p, and the controller protocol Prompt-to-Prompt plugs into.
+
+Every attention call of the UNet (self-attention `attn1`, cross-attention `attn2`) and of the VAE goes
+through `attention()`. When a controller is attached and asks for a place, the softmax map is computed
+explicitly and handed to it; it may return a different map (this is where P2P edits happen). Everywhere
+else the fused `scaled_dot_product_attention` kernel computes the same thing faster.
+
+This module knows nothing of edits: it only knows *where* a call happens (`Place`) and *who* to ask.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where an attention call happens in the UNet; fixed when the UNet is built."""
+    key: str        # checkpoint key of the attention module, e.g. "input_blocks.1.1.transformer_blocks.0.attn2"
+    where: str      # "down", "mid" or "up"
+    is_cross: bool  # True for cross-attention (attn2, keys are text tokens), False for self-attention
+    factor: int     # downsampling factor of the latent at this place (1, 2, 4, 8)
+    heads: int      # number of attention heads: the map's first axis is batch * heads
+
+
+class Controller:
+    """Protocol of an attention controller (subclass it, or duck-type it).
+
+    `wants(place)` says whether `place` needs the explicit softmax map; `__call__(attn, place)` receives the
+    map (batch * heads, queries, keys) in fp32 and returns the map to use. The sampler calls `begin_step(i)`
+    before step i and `step_end(i, latents)` after it (LocalBlend edits the latents there).
+    """
+
+    def wants(self, place: Place) -> bool:
+        return True
+
+    def __call__(self, attn: torch.Tensor, place: Place) -> torch.Tensor:
+        return attn
+
+    def begin_step(self, i: int) -> None:
+        pass
+
+    def step_end(self, i: int, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+
+def attention(q, k, v, heads, place=None, controller=None):
+    """Multi-head attention: q (B, N, C), k and v (B, M, C) -> (B, N, C).
+
+    out = softmax(q kᵀ / sqrt(d)) v, per head, with the softmax in fp32. The controller (if any, and if it
+    wants this place) sees and may replace the softmax map before it multiplies v.
+    """
+    q, k, v = (rearrange(x, "b n (h d) -> (b h) n d", h=heads) for x in (q, k, v))
+    if controller is None or not controller.wants(place):
+        out = F.scaled_dot_product_attention(q, k, v)
+    else:
+        scale = q.shape[-1] ** -0.5
+        attn = (torch.bmm(q.float(), k.float().transpose(1, 2)) * scale).softmax(dim=-1)
+        attn = controller(attn, place)
+        out = torch.bmm(attn.to(v.dtype), v)
+    return rearrange(out, "(b h) n d -> b n (h d)", h=heads)

@@ -1,0 +1,30 @@
+"""Small building blocks shared by the UNet and the VAE."""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class GroupNorm(nn.GroupNorm):
+    """GroupNorm computed in fp32 whatever the weights' dtype (fp16 statistics overflow)."""
+
+    def forward(self, x):
+        w, b = self.weight.float(), self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32, for the same reason."""
+
+    def forward(self, x):
+        w, b = self.weight.float(), self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
+def timestep_embedding(t, dim, max_period=10000):
+    """Sinusoidal embedding of (B,) timesteps -> (B, dim): cat([cos, sin]), as CompVis (not [sin, cos])."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)

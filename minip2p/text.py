@@ -1,0 +1,69 @@
+"""Text side: transformers' CLIPTextModel and CLIPTokenizer, configured for SD1, SD2 or a small model.
+
+SD1 uses OpenAI's CLIP ViT-L/14 text tower (last hidden state). SD2 uses OpenCLIP ViT-H's text tower, which
+has the same architecture with GELU: we load it into a CLIPTextModel (see `checkpoint.openclip_to_clip`) and
+take the penultimate layer's output through `final_layer_norm`, as SD2 does.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "weights" / "tokenizer"
+
+
+@dataclass
+class TextConfig:
+    hidden_size: int = 768             # width of the hidden states the UNet attends to
+    intermediate_size: int = 3072      # MLP width
+    num_layers: int = 12               # transformer layers
+    num_heads: int = 12                # attention heads
+    hidden_act: str = "quick_gelu"     # OpenAI CLIP: quick_gelu; OpenCLIP (SD2): gelu
+    vocab_size: int = 49408            # the CLIP BPE vocabulary
+    max_length: int = 77               # tokens per prompt, start and end included
+    penultimate: bool = False          # SD2: use the second-to-last layer, then final_layer_norm
+    pad_token: str = "<|endoftext|>"   # SD1 pads with end-of-text; OpenCLIP (SD2) pads with "!" (id 0)
+
+    @classmethod
+    def sd1(cls):
+        return cls()
+
+    @classmethod
+    def sd2(cls):
+        return cls(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16, hidden_act="gelu",
+                   penultimate=True, pad_token="!")
+
+
+def build_text_encoder(cfg: TextConfig) -> CLIPTextModel:
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, hidden_act=cfg.hidden_act,
+        max_position_embeddings=cfg.max_length, layer_norm_eps=1e-5))
+
+
+def load_tokenizer(cfg: TextConfig, path=TOKENIZER_DIR) -> CLIPTokenizer:
+    path = Path(path)
+    if not (path / "vocab.json").is_file():
+        raise FileNotFoundError(f"no CLIP tokenizer at {path} (expected vocab.json and merges.txt): "
+                                f"build it with `python scripts/build_tokenizer.py`")
+    return CLIPTokenizer.from_pretrained(str(path), pad_token=cfg.pad_token, model_max_length=cfg.max_length)
+
+
+def tokenize(tokenizer, prompts, max_length=77):
+    """Prompts -> (B, max_length) ids, padded. A prompt over max_length tokens is an error, not a silent cut."""
+    for p in prompts:
+        n = len(tokenizer(p).input_ids)
+        if n > max_length:
+            raise ValueError(f"prompt has {n} tokens, more than the {max_length} the text encoder takes "
+                             f"(start and end included); shorten it: {p!r}")
+    return tokenizer(list(prompts), padding="max_length", max_length=max_length, return_tensors="pt").input_ids
+
+
+@torch.no_grad()
+def encode_text(text_encoder, ids, penultimate=False):
+    """(B, 77) ids -> (B, 77, D) hidden states the UNet's cross-attention reads."""
+    out = text_encoder(ids, output_hidden_states=penultimate)
+    if not penultimate:
+        return out.last_hidden_state
+    return text_encoder.final_layer_norm(out.hidden_states[-2])
