@@ -1,7 +1,10 @@
 """Shared test helpers: random weights with real SD layouts, and the diffusers oracle built from the same file."""
 import torch
 
+from safetensors.torch import save_file
+
 from minip2p import ModelConfig, TextConfig, UNet, UNetConfig, VAE, VAEConfig
+from minip2p.checkpoint import META_KEY
 from minip2p.checkpoint import CLIP, OPENCLIP, UNET, VAE_
 from minip2p.text import build_text_encoder
 
@@ -17,20 +20,22 @@ def small_config(family="sd1"):
     return ModelConfig(family, unet, VAEConfig(ch=32), text, image_size=64)
 
 
-def randomize(module, seed):
-    """Give every parameter random values (norms near 1, biases non-zero) so no term can hide."""
+def random_state(model, seed):
+    """Random values for every entry of a model's state dict (works on a meta-device model): norms near 1,
+    biases non-zero, weights scaled by fan-in, so no term can hide and activations stay sane."""
     g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            r = torch.randn(p.shape, generator=g)
-            if p.dim() == 1 and ("norm" in name or name.endswith(("in_layers.0.weight", "out_layers.0.weight", "out.0.weight"))):
-                p.copy_((1.0 + 0.1 * r) if name.endswith("weight") else 0.1 * r)
-            elif p.dim() == 1:
-                p.copy_(0.05 * r)
-            else:
-                fan_in = p[0].numel() if p.dim() > 1 else 1
-                p.copy_(r / fan_in ** 0.5)
-    return module
+    out = {}
+    for name, t in model.state_dict().items():
+        r = torch.randn(t.shape, generator=g)
+        norm = "norm" in name or name.endswith(("in_layers.0.weight", "out_layers.0.weight", "out.0.weight",
+                                                  "in_layers.0.bias", "out_layers.0.bias", "out.0.bias"))
+        if t.dim() == 1 and norm:
+            out[name] = (1.0 + 0.1 * r) if name.endswith("weight") else 0.1 * r
+        elif t.dim() == 1:
+            out[name] = 0.05 * r
+        else:
+            out[name] = r / t[0].numel() ** 0.5
+    return out
 
 
 def clip_to_openclip(sd):
@@ -54,16 +59,16 @@ def clip_to_openclip(sd):
 
 
 def random_checkpoint(cfg: ModelConfig, seed=0):
-    """A full single-file state dict in CompVis layout with random weights, plus the models it came from."""
-    unet = randomize(UNet(cfg.unet), seed)
-    vae = randomize(VAE(cfg.vae), seed + 1)
-    text = randomize(build_text_encoder(cfg.text), seed + 2)
-    sd = {UNET + k: v for k, v in unet.state_dict().items()}
-    sd.update({VAE_ + k: v for k, v in vae.state_dict().items()})
+    """A full single-file state dict in CompVis layout with random weights."""
+    with torch.device("meta"):
+        unet, vae = UNet(cfg.unet), VAE(cfg.vae)
+    text = random_state(build_text_encoder(cfg.text), seed + 2)
+    sd = {UNET + k: v for k, v in random_state(unet, seed).items()}
+    sd.update({VAE_ + k: v for k, v in random_state(vae, seed + 1).items()})
     if cfg.family == "sd2":
-        sd.update({OPENCLIP + k: v for k, v in clip_to_openclip(text.state_dict()).items()})
+        sd.update({OPENCLIP + k: v for k, v in clip_to_openclip(text).items()})
     else:
-        sd.update({CLIP + k: v for k, v in text.state_dict().items()})
+        sd.update({CLIP + k: v for k, v in text.items()})
     return {k: v.contiguous() for k, v in sd.items()}
 
 
@@ -119,3 +124,11 @@ def diffusers_text_encoder(sd, cfg):
         conv.pop("embeddings.position_ids", None)
     model.load_state_dict(conv, strict=True)
     return model.eval()
+
+
+def write_checkpoint(path, cfg, seed=0, with_config=True, extra=None):
+    """Save a random checkpoint; with_config=False writes it as real SD files are (no __metadata__)."""
+    sd = random_checkpoint(cfg, seed)
+    sd.update(extra or {})
+    save_file(sd, str(path), metadata={META_KEY: cfg.to_json()} if with_config else None)
+    return sd
