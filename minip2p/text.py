@@ -44,7 +44,7 @@ def build_text_encoder(cfg: TextConfig) -> CLIPTextModel:
 
 def load_tokenizer(cfg: TextConfig, path=TOKENIZER_DIR) -> CLIPTokenizer:
     path = Path(path)
-    if not (path / "vocab.json").is_file():
+    if not any((path / f).is_file() for f in ("vocab.json", "tokenizer.json")):
         raise FileNotFoundError(f"no CLIP tokenizer at {path} (expected vocab.json and merges.txt): "
                                 f"build it with `python scripts/build_tokenizer.py`")
     return CLIPTokenizer.from_pretrained(str(path), pad_token=cfg.pad_token, model_max_length=cfg.max_length)
