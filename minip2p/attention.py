@@ -51,12 +51,13 @@ def attention(q, k, v, heads, place=None, controller=None):
     out = softmax(q kᵀ / sqrt(d)) v, per head, with the softmax in fp32. The controller (if any, and if it
     wants this place) sees and may replace the softmax map before it multiplies v.
     """
-    q, k, v = (rearrange(x, "b n (h d) -> (b h) n d", h=heads) for x in (q, k, v))
+    q, k, v = (rearrange(x, "b n (h d) -> b h n d", h=heads) for x in (q, k, v))
     if controller is None or not controller.wants(place):
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v)  # 4-D input: the CPU and GPU fused kernels
     else:
+        b, h, n, m = *q.shape[:3], k.shape[2]
         scale = q.shape[-1] ** -0.5
-        attn = (torch.bmm(q.float(), k.float().transpose(1, 2)) * scale).softmax(dim=-1)
-        attn = controller(attn, place)
-        out = torch.bmm(attn.to(v.dtype), v)
-    return rearrange(out, "(b h) n d -> b n (h d)", h=heads)
+        attn = (q.float() @ k.float().transpose(-1, -2) * scale).softmax(dim=-1)
+        attn = controller(attn.reshape(b * h, n, m), place).reshape(b, h, n, m)
+        out = attn.to(v.dtype) @ v
+    return rearrange(out, "b h n d -> b n (h d)")

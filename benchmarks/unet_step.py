@@ -1,0 +1,97 @@
+"""UNet step time and peak memory: minip2p vs diffusers, same random full-size SD1.5 weights, CPU.
+
+    python benchmarks/unet_step.py [--latent 64] [--batch 2] [--runs 3]
+
+Prints the median step time of each (runs interleaved, after one warm-up each), the ratio ours / diffusers for
+the fused path (no controller) and for the explicit-softmax path (a controller that wants every map), and the
+peak RSS of a fresh process doing one step with each.
+"""
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from helpers import diffusers_unet, random_checkpoint  # noqa: E402
+
+from minip2p import Controller, ModelConfig, UNet  # noqa: E402
+from minip2p.checkpoint import UNET  # noqa: E402
+
+
+def build(which, cfg):
+    sd = {k: v for k, v in random_checkpoint(cfg, seed=0).items() if k.startswith(UNET)}
+    if which == "diffusers":
+        return diffusers_unet(sd, cfg)
+    with torch.device("meta"):
+        unet = UNet(cfg.unet)
+    unet.load_state_dict({k[len(UNET):]: v for k, v in sd.items()}, assign=True)
+    return unet.eval()
+
+
+def inputs(args):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(args.batch, 4, args.latent, args.latent, generator=g), torch.tensor(500),
+            torch.randn(args.batch, 77, 768, generator=g))
+
+
+def step(which, model, x, t, ctx):
+    with torch.no_grad():
+        if which == "diffusers":
+            return model(x, t, ctx).sample
+        return model(x, t, ctx, Controller() if which == "explicit" else None)
+
+
+def peak_rss(which, args):
+    """Peak RSS (MiB) of a fresh process that builds the model and runs one step."""
+    cmd = [sys.executable, __file__, "--latent", str(args.latent), "--batch", str(args.batch), "--child", which]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--latent", type=int, default=64)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--child")
+    args = p.parse_args()
+    cfg = ModelConfig.sd1()
+    if args.child:
+        model = build("diffusers" if args.child == "diffusers" else "ours", cfg)
+        step(args.child, model, *inputs(args))
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        return
+    x, t, ctx = inputs(args)
+    models = {"ours": build("ours", cfg), "diffusers": build("diffusers", cfg)}
+    models["explicit"] = models["ours"]
+    names = ["ours", "explicit", "diffusers"]
+    outs = {n: step(n, models[n], x, t, ctx) for n in names}  # warm-up, and a parity check
+    times = {n: [] for n in names}
+    for _ in range(args.runs):
+        for n in names:
+            t0 = time.perf_counter()
+            step(n, models[n], x, t, ctx)
+            times[n].append(time.perf_counter() - t0)
+    med = {n: statistics.median(v) for n, v in times.items()}
+    print(f"SD1.5 UNet, batch {args.batch}, {args.latent}x{args.latent} latent, fp32, CPU, "
+          f"{torch.get_num_threads()} threads, median of {args.runs}")
+    print(f"max |ours - diffusers| = {(outs['ours'] - outs['diffusers']).abs().max():.2e}, "
+          f"max |explicit - diffusers| = {(outs['explicit'] - outs['diffusers']).abs().max():.2e}")
+    for n in names:
+        print(f"  {n:9s} {med[n]:7.2f} s/step   runs: " + " ".join(f"{v:.2f}" for v in times[n]))
+    print(f"ratio ours (fused, no controller) / diffusers: {med['ours'] / med['diffusers']:.3f}")
+    print(f"ratio ours (explicit softmax)     / diffusers: {med['explicit'] / med['diffusers']:.3f}")
+    del models
+    rss = {n: peak_rss(n, args) for n in names}
+    for n in names:
+        print(f"  peak RSS {n:9s} {rss[n]:8.0f} MiB")
+    print(f"ratio peak RSS ours / diffusers: {rss['ours'] / rss['diffusers']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

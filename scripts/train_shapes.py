@@ -1,0 +1,240 @@
+"""Train the bundled shapes-world model: VAE first, then UNet + CLIP text encoder, on CPU (or GPU).
+
+    python scripts/train_shapes.py vae  --minutes 20            # /4 VAE on rendered scenes
+    python scripts/train_shapes.py latents                      # encode the training scenes once
+    python scripts/train_shapes.py unet --minutes 90            # UNet + text encoder on the latents
+    python scripts/train_shapes.py export                       # -> weights/shapes.safetensors (fp16)
+
+Seeded and resumable: every phase checkpoints to --run (default runs/shapes, git-ignored) every few minutes
+and continues from there when started again; --minutes is a wall-clock budget for this invocation.
+"""
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from minip2p import ModelConfig, TextConfig, UNet, UNetConfig, VAE, VAEConfig, save_checkpoint  # noqa: E402
+from minip2p import shapes  # noqa: E402
+from minip2p.ddim import DDIM  # noqa: E402
+from minip2p.text import build_text_encoder, load_tokenizer, tokenize  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ModelConfig(
+    "custom",
+    UNetConfig(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(1, 2, 4),
+               num_heads=4, context_dim=128, norm_groups=16),
+    VAEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, norm_groups=8, scale_factor=1.0),
+    TextConfig(hidden_size=128, intermediate_size=512, num_layers=3, num_heads=4),
+    image_size=64)
+
+
+def log(run, msg):
+    line = f"{time.strftime('%H:%M:%S')} {msg}"
+    print(line, flush=True)
+    with open(run / "log.txt", "a") as f:
+        f.write(line + "\n")
+
+
+def to_tensor(imgs):
+    return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def scenes(n, seed, p_omit=0.0):
+    """n rendered scenes -> (images uint8 (n, 64, 64, 3), full specs as JSON strings)."""
+    rng = np.random.default_rng(seed)
+    imgs, specs = [], []
+    for _ in range(n):
+        img, full, _ = shapes.render(shapes.sample_spec(rng, p_omit), rng)
+        imgs.append(img)
+        specs.append(json.dumps([full.background] + [[o.colour, o.shape] for o in full.objects]))
+    return np.stack(imgs), specs
+
+
+def save_state(path, model, opt, step, extra=None):
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, **(extra or {})}, tmp)
+    tmp.replace(path)
+
+
+def load_state(path):
+    return torch.load(path, weights_only=True) if path.exists() else None
+
+
+def psnr(a, b):
+    mse = ((a.clamp(-1, 1) - b) / 2).pow(2).mean().item()
+    return 10 * math.log10(1 / max(mse, 1e-12))
+
+
+def train_vae(args, run):
+    torch.manual_seed(args.seed)
+    vae = VAE(CONFIG.vae)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr or 1e-3, weight_decay=0.0)
+    state = load_state(run / "vae.pt")
+    step = 0
+    if state:
+        vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        step = state["step"]
+    train, _ = scenes(20000, args.seed)
+    held, _ = scenes(256, args.seed + 1)
+    held = to_tensor(held)
+    rng = np.random.default_rng(args.seed + step)
+    t_end, t_save = time.time() + 60 * args.minutes, time.time() + 300
+    while time.time() < t_end:
+        x = to_tensor(train[rng.integers(0, len(train), args.batch or 32)])
+        mean, logvar = vae.encode(x)
+        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        rec = vae.decode(z)
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+        loss = F.mse_loss(rec, x) + 0.1 * F.l1_loss(rec, x) + 1e-6 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 100 == 0:
+            with torch.no_grad():
+                p = psnr(vae.decode(vae.encode(held[:64])[0]), held[:64])
+            log(run, f"vae step {step} loss {loss.item():.5f} held-out PSNR {p:.2f} dB")
+        if time.time() > t_save:
+            save_state(run / "vae.pt", vae, opt, step)
+            t_save = time.time() + 300
+    save_state(run / "vae.pt", vae, opt, step)
+    with torch.no_grad():
+        p = psnr(torch.cat([vae.decode(vae.encode(held[i:i + 64])[0]) for i in range(0, 256, 64)]), held)
+    log(run, f"vae done at step {step}: held-out PSNR {p:.2f} dB on 256 scenes")
+
+
+def encode_latents(args, run):
+    vae = VAE(CONFIG.vae).eval()
+    vae.load_state_dict(load_state(run / "vae.pt")["model"])
+    imgs, specs = scenes(args.scenes, args.seed + 2)
+    lat = []
+    with torch.no_grad():
+        for i in range(0, len(imgs), 256):
+            x = to_tensor(imgs[i:i + 256])
+            lat.append(torch.cat([vae.encode(x)[0], vae.encode(x.flip(-1))[0]]))  # mirrored scenes too
+    lat = torch.cat(lat)
+    idx = torch.cat([torch.arange(i, min(i + 256, len(imgs))).repeat(2) for i in range(0, len(imgs), 256)])
+    scale = 1.0 / lat.std().item()
+    save_file({"latents": lat.contiguous(), "scene": idx}, str(run / "latents.safetensors"),
+              metadata={"specs": json.dumps(specs), "scale": str(scale)})
+    log(run, f"encoded {len(lat)} latents of {len(imgs)} scenes; latent std {1 / scale:.4f} -> scale {scale:.4f}")
+
+
+def prompt_for(spec_json, rng, p_omit, p_empty):
+    """A training prompt for a scene: each attribute dropped with p_omit; empty with p_empty (for CFG)."""
+    if rng.random() < p_empty:
+        return ""
+    bg, *objs = json.loads(spec_json)
+    drop = lambda v: None if rng.random() < p_omit else v
+    spec = shapes.Spec([shapes.Obj(drop(c), drop(s)) for c, s in objs], drop(bg))
+    if rng.random() < 0.5 and len(spec.objects) == 2:  # both orders describe the same scene
+        spec.objects.reverse()
+    return spec.prompt()
+
+
+def train_unet(args, run):
+    torch.manual_seed(args.seed)
+    data = load_file(str(run / "latents.safetensors"))
+    from safetensors import safe_open
+    with safe_open(str(run / "latents.safetensors"), "pt") as f:
+        meta = f.metadata()
+    specs, scale = json.loads(meta["specs"]), float(meta["scale"])
+    lat, scene = data["latents"] * scale, data["scene"]
+    unet, text = UNet(CONFIG.unet), build_text_encoder(CONFIG.text)
+    ema_unet, ema_text = UNet(CONFIG.unet).requires_grad_(False), build_text_encoder(CONFIG.text).requires_grad_(False)
+    tok = load_tokenizer(CONFIG.text)
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr or 1e-3, weight_decay=0.01)
+    state, step = load_state(run / "unet.pt"), 0
+    if state:
+        unet.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        text.load_state_dict(state["text"])
+        ema_unet.load_state_dict(state["ema_unet"]), ema_text.load_state_dict(state["ema_text"])
+        step = state["step"]
+    else:
+        ema_unet.load_state_dict(unet.state_dict()), ema_text.load_state_dict(text.state_dict())
+    ac = DDIM(50).alphas_cumprod
+    snr = ac / (1 - ac)
+    weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 weighting for epsilon prediction
+    rng = np.random.default_rng(args.seed + step)
+    t_end, t_save = time.time() + 60 * args.minutes, time.time() + 300
+    losses = []
+    while time.time() < t_end:
+        i = torch.from_numpy(rng.integers(0, len(lat), args.batch or 128))
+        x0 = lat[i]
+        prompts = [prompt_for(specs[int(s)], rng, 0.15, 0.1) for s in scene[i]]
+        ids = tokenize(tok, prompts)
+        t = torch.from_numpy(rng.integers(0, 1000, len(i)))
+        noise = torch.randn_like(x0)
+        a = ac[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = unet(xt, t, text(ids).last_hidden_state)
+        loss = (weight[t] * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, m in ((ema_unet, unet), (ema_text, text)):
+                for pe, pm in zip(e.parameters(), m.parameters()):
+                    pe.lerp_(pm, 1 - decay)
+        losses.append(loss.item())
+        if step % 50 == 0:
+            log(run, f"unet step {step} loss {np.mean(losses):.4f}")
+            losses = []
+        if time.time() > t_save:
+            save_state(run / "unet.pt", unet, opt, step, {"text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
+                                                          "ema_text": ema_text.state_dict()})
+            t_save = time.time() + 300
+    save_state(run / "unet.pt", unet, opt, step, {"text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
+                                                  "ema_text": ema_text.state_dict()})
+    log(run, f"unet stopped at step {step}")
+
+
+def export(args, run):
+    from safetensors import safe_open
+    with safe_open(str(run / "latents.safetensors"), "pt") as f:
+        scale = float(f.metadata()["scale"])
+    cfg = ModelConfig(**{**CONFIG.__dict__})
+    cfg.vae = VAEConfig(**{**CONFIG.vae.__dict__, "scale_factor": round(scale, 5)})
+    vae, unet, text = VAE(cfg.vae), UNet(cfg.unet), build_text_encoder(cfg.text)
+    vae.load_state_dict(load_state(run / "vae.pt")["model"])
+    state = load_state(run / "unet.pt")
+    unet.load_state_dict(state["ema_unet"]), text.load_state_dict(state["ema_text"])
+    out = Path(args.to)
+    save_checkpoint(out, cfg, unet, vae, text, dtype=torch.float16)
+    log(run, f"exported step {state['step']} to {out} ({out.stat().st_size / 1e6:.1f} MB), scale {cfg.vae.scale_factor}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("phase", choices=["vae", "latents", "unet", "export"])
+    p.add_argument("--run", default=str(ROOT / "runs" / "shapes"), help="checkpoint folder (resumed if present)")
+    p.add_argument("--minutes", type=float, default=30, help="wall-clock budget of this invocation")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--scenes", type=int, default=40000, help="scenes to encode for the UNet phase")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--to", default=str(ROOT / "weights" / "shapes.safetensors"), help="export target")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    {"vae": train_vae, "latents": encode_latents, "unet": train_unet, "export": export}[args.phase](args, run)
+
+
+if __name__ == "__main__":
+    main()
