@@ -3,32 +3,33 @@
     python benchmarks/unet_step.py [--latent 64] [--batch 2] [--runs 3]
 
 Prints the median step time of each (runs interleaved, after one warm-up each), the ratio ours / diffusers for
-the fused path (no controller) and for the explicit-softmax path (a controller that wants every map), and the
-peak RSS of a fresh process doing one step with each.
+the fused path (no controller) and for the explicit-softmax path (a controller that wants every map), and, in a
+fresh process for each, the RSS with the model loaded and the peak RSS during one step.
 """
 import argparse
-import resource
+import gc
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import diffusers_unet, random_checkpoint  # noqa: E402
+from helpers import diffusers_unet, random_state  # noqa: E402
 
 from minip2p import Controller, ModelConfig, UNet  # noqa: E402
 from minip2p.checkpoint import UNET  # noqa: E402
 
 
 def build(which, cfg):
-    sd = {k: v for k, v in random_checkpoint(cfg, seed=0).items() if k.startswith(UNET)}
-    if which == "diffusers":
-        return diffusers_unet(sd, cfg)
     with torch.device("meta"):
         unet = UNet(cfg.unet)
+    sd = {UNET + k: v for k, v in random_state(unet, seed=0).items()}
+    if which == "diffusers":
+        return diffusers_unet(sd, cfg)
     unet.load_state_dict({k[len(UNET):]: v for k, v in sd.items()}, assign=True)
     return unet.eval()
 
@@ -46,11 +47,16 @@ def step(which, model, x, t, ctx):
         return model(x, t, ctx, Controller() if which == "explicit" else None)
 
 
+def rss_mib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
 def peak_rss(which, args):
-    """Peak RSS (MiB) of a fresh process that builds the model and runs one step."""
+    """(RSS with the model loaded, peak RSS during one step), MiB, in a fresh process."""
     cmd = [sys.executable, __file__, "--latent", str(args.latent), "--batch", str(args.batch), "--child", which]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return float(out.strip().splitlines()[-1])
+    return tuple(float(v) for v in out.strip().splitlines()[-1].split())
 
 
 def main():
@@ -63,8 +69,20 @@ def main():
     cfg = ModelConfig.sd1()
     if args.child:
         model = build("diffusers" if args.child == "diffusers" else "ours", cfg)
-        step(args.child, model, *inputs(args))
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        gc.collect()
+        x, t, ctx = inputs(args)
+        base, peak, done = rss_mib(), [0.0], threading.Event()
+
+        def watch():
+            while not done.is_set():
+                peak[0] = max(peak[0], rss_mib())
+                time.sleep(0.002)
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        step(args.child, model, x, t, ctx)
+        done.set()
+        watcher.join()
+        print(base, max(peak[0], base))
         return
     x, t, ctx = inputs(args)
     models = {"ours": build("ours", cfg), "diffusers": build("diffusers", cfg)}
@@ -89,8 +107,9 @@ def main():
     del models
     rss = {n: peak_rss(n, args) for n in names}
     for n in names:
-        print(f"  peak RSS {n:9s} {rss[n]:8.0f} MiB")
-    print(f"ratio peak RSS ours / diffusers: {rss['ours'] / rss['diffusers']:.3f}")
+        print(f"  RSS {n:9s} model loaded {rss[n][0]:7.0f} MiB, peak during the step {rss[n][1]:7.0f} MiB "
+              f"(+{rss[n][1] - rss[n][0]:.0f})")
+    print(f"ratio peak RSS ours / diffusers: {rss['ours'][1] / rss['diffusers'][1]:.3f}")
 
 
 if __name__ == "__main__":
