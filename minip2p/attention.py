@@ -28,8 +28,9 @@ class Controller:
     """Protocol of an attention controller (subclass it, or duck-type it).
 
     `wants(place)` says whether `place` needs the explicit softmax map; `__call__(attn, place)` receives the
-    map (batch * heads, queries, keys) in fp32 and returns the map to use. The sampler calls `begin_step(i)`
-    before step i and `step_end(i, latents)` after it (LocalBlend edits the latents there).
+    map (batch * heads, queries, keys) in fp32 and returns the map to use. The sampler calls `start(steps,
+    latent_hw, device)` once, `begin_step(i)` before step i and `step_end(i, latents)` after it (LocalBlend edits
+    the latents there).
     """
 
     def wants(self, place: Place) -> bool:
@@ -37,6 +38,9 @@ class Controller:
 
     def __call__(self, attn: torch.Tensor, place: Place) -> torch.Tensor:
         return attn
+
+    def start(self, steps: int, latent_hw: tuple, device=None) -> None:
+        """Called once before sampling: the number of steps and the latent's (height, width)."""
 
     def begin_step(self, i: int) -> None:
         pass

@@ -131,6 +131,8 @@ class Pipeline:
         x = latents.to(self.device, self.dtype).expand(b, *shape).clone()
         gen = torch.Generator("cpu").manual_seed(0 if seed is None else seed + 1)
         bar = Progress(steps, progress)
+        if controller is not None:
+            controller.start(steps, shape[1:], self.device)
         for i, t in enumerate(ddim.timesteps):
             if controller is not None:
                 controller.begin_step(i)
@@ -160,3 +162,35 @@ class Pipeline:
         x = self.sample(prompts, seed, steps, guidance_scale, height, width, negative_prompt, latents, controller,
                         progress, eta)
         return to_pil(self.decode(x))
+
+    def edit(self, source_prompt, target_prompt, kind="replace", seed=None, cross_replace_steps=0.8,
+             self_replace_steps=0.4, blend=None, reweight=None, store=None, **generate_kwargs):
+        """Prompt-to-Prompt in one call -> [source image, edited image] from the same noise.
+
+        kind: "replace" (word swap, same word count), "refine" (words added or removed) or "reweight" (target
+        prompt's attention scaled by `reweight`, {word: scale}). `reweight` with another kind chains on it.
+        blend: words whose region the edit is confined to (LocalBlend); each is looked up in both prompts.
+        Defaults are the paper notebook's: cross_replace_steps 0.8, self_replace_steps 0.4.
+        """
+        from .align import clean
+        from .p2p import LocalBlend, Refine, Replace, Reweight, reweight_scales
+        prompts = [source_prompt, target_prompt]
+        local_blend = None
+        if blend:
+            per_prompt = [[w for w in blend if clean(w) in map(clean, p.split())] for p in prompts]
+            missing = [w for w in blend if not any(w in ws for ws in per_prompt)]
+            if missing:
+                raise ValueError(f"blend word(s) {missing} are in neither prompt: {prompts}")
+            local_blend = LocalBlend([ws or [0] for ws in per_prompt])
+        kw = dict(cross_replace_steps=cross_replace_steps, self_replace_steps=self_replace_steps,
+                  local_blend=local_blend, store=store)
+        kinds = {"replace": Replace, "refine": Refine}
+        if kind not in (*kinds, "reweight"):
+            raise ValueError(f"kind must be 'replace', 'refine' or 'reweight', not {kind!r}")
+        if kind == "reweight" and not reweight:
+            raise ValueError("kind='reweight' needs reweight={word: scale}")
+        controller = kinds[kind](prompts, self.tokenizer, **kw) if kind in kinds else None
+        if reweight:
+            scales = reweight_scales(target_prompt, list(reweight), list(reweight.values()), self.tokenizer)
+            controller = Reweight(prompts, self.tokenizer, scales, base=controller, **kw)
+        return self.generate(prompts, seed=seed, controller=controller, **generate_kwargs)
