@@ -66,7 +66,7 @@ def main():
         print(f"| {k} | {100 * v:.1f}% |")
     print(f"VAE reconstruction PSNR on 256 held-out renders: {vae_psnr(pipe):.2f} dB")
     if args.grid:
-        from minip2p.cli import image_grid
+        from minip2p.viz import image_grid
         image_grid([r[1] for r in results[:16]], min_size=64).save(args.grid)
         for r in results[:16]:
             print(("ok  " if r[2]["all"] else "BAD ") + r[0])

@@ -5,22 +5,7 @@ from pathlib import Path
 
 import torch
 
-
-def image_grid(images, captions=None, min_size=256, caption_height=14):
-    """Images side by side, each with an optional caption strip above it (PIL only); small images are enlarged
-    (nearest neighbour) to at least min_size so captions fit."""
-    from PIL import Image, ImageDraw
-    k = max(1, -(-min_size // images[0].size[0]))
-    images = [im.resize((im.size[0] * k, im.size[1] * k), Image.NEAREST) for im in images]
-    w, h = images[0].size
-    top = caption_height if captions else 0
-    grid = Image.new("RGB", (w * len(images), h + top), "white")
-    draw = ImageDraw.Draw(grid)
-    for i, im in enumerate(images):
-        grid.paste(im, (i * w, top))
-        if captions:
-            draw.text((i * w + 2, 1), captions[i], fill="black")
-    return grid
+from .viz import image_grid
 
 
 def check_out(path):
@@ -63,23 +48,90 @@ def cmd_demo(args):
     print(f"wrote {out.resolve()}")
 
 
+def parse_reweight(items):
+    out = {}
+    for item in items or []:
+        word, sep, value = item.partition("=")
+        try:
+            out[word] = float(value)
+        except ValueError:
+            raise SystemExit(f"--reweight {item!r}: write WORD=SCALE, e.g. --reweight red=2") from None
+        if not sep or not word:
+            raise SystemExit(f"--reweight {item!r}: write WORD=SCALE, e.g. --reweight red=2")
+    return out
+
+
+def cmd_edit(args):
+    import minip2p
+    out = check_out(args.out)
+    reweight = parse_reweight(args.reweight)
+    kind = args.kind
+    if kind is None:
+        same_count = len(args.prompt.split()) == len(args.to.split())
+        kind = "reweight" if reweight and args.prompt == args.to else "replace" if same_count else "refine"
+    pipe = minip2p.load(args.weights, device=args.device)
+    images = pipe.edit(args.prompt, args.to, kind=kind, seed=args.seed, cross_replace_steps=args.cross,
+                       self_replace_steps=args.self_, blend=args.blend, reweight=reweight or None, steps=args.steps,
+                       guidance_scale=args.guidance)
+    label = kind + (f" + blend {' '.join(args.blend)}" if args.blend else "") + \
+        (" + reweight " + " ".join(args.reweight) if reweight and kind != "reweight" else "")
+    image_grid(images, [f"source: {args.prompt}", f"{label}: {args.to}"], min_size=512).save(out)
+    print(f"wrote {out}")
+
+
+def cmd_attention(args):
+    import minip2p
+    from .p2p import AttentionStore
+    from .viz import cross_attention_grid
+    out = check_out(args.out)
+    pipe = minip2p.load(args.weights, device=args.device)
+    store = AttentionStore()
+    image = pipe.generate([args.prompt], seed=args.seed, steps=args.steps, controller=store)[0]
+    latent = pipe.config.image_size // pipe.factor
+    res = args.res or max(latent // 4, 1)
+    cross_attention_grid(store, args.prompt, res, pipe.tokenizer, image=image).save(out)
+    print(f"wrote {out} (cross-attention at {res}x{res})")
+
+
+def common(p, out):
+    p.add_argument("--weights", help="an SD .safetensors file or diffusers folder (default: the bundled model)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="minip2p", description="Stable Diffusion with Prompt-to-Prompt editing")
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="text to image")
-    g.add_argument("--weights", help="an SD .safetensors file or diffusers folder (default: the bundled model)")
     g.add_argument("--prompt", action="append", required=True, help="repeat for several images from one noise")
     g.add_argument("--negative", default="", help="negative prompt")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--steps", type=int, default=50)
-    g.add_argument("--guidance", type=float, default=7.5)
     g.add_argument("--height", type=int)
     g.add_argument("--width", type=int)
     g.add_argument("--prediction", choices=["epsilon", "v"], help="v for SD2 768-v models")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--out", default="out.png")
+    common(g, "out.png")
     g.set_defaults(run=cmd_generate)
+
+    e = sub.add_parser("edit", help="Prompt-to-Prompt: the source image and its edit, side by side")
+    e.add_argument("--prompt", required=True, help="the source prompt")
+    e.add_argument("--to", required=True, help="the edited prompt")
+    e.add_argument("--kind", choices=["replace", "refine", "reweight"],
+                   help="default: replace for equal word counts, refine otherwise, reweight if only --reweight")
+    e.add_argument("--blend", nargs="+", help="LocalBlend: confine the edit to these words' region")
+    e.add_argument("--reweight", nargs="+", metavar="WORD=SCALE", help="scale a word's attention, e.g. red=2")
+    e.add_argument("--cross", type=float, default=0.8, help="cross_replace_steps (fraction of the steps)")
+    e.add_argument("--self", dest="self_", type=float, default=0.4, help="self_replace_steps")
+    common(e, "edit.png")
+    e.set_defaults(run=cmd_edit)
+
+    a = sub.add_parser("attention", help="per-token cross-attention maps of a generation")
+    a.add_argument("--prompt", required=True)
+    a.add_argument("--res", type=int, help="map resolution in latent cells (default: a quarter of the latent)")
+    common(a, "maps.png")
+    a.set_defaults(run=cmd_attention)
 
     d = sub.add_parser("demo", help="the offline demo on the bundled model; writes demo.png")
     d.add_argument("--seed", type=int, default=8888)

@@ -31,7 +31,7 @@ CONFIG = ModelConfig(
     "custom",
     UNetConfig(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(1, 2, 4),
                num_heads=4, context_dim=128, norm_groups=16),
-    VAEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, norm_groups=8, scale_factor=1.0),
+    VAEConfig(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, norm_groups=8, scale_factor=1.0),
     TextConfig(hidden_size=128, intermediate_size=512, num_layers=3, num_heads=4),
     image_size=64)
 
