@@ -70,12 +70,22 @@ def cmd_edit(args):
         same_count = len(args.prompt.split()) == len(args.to.split())
         kind = "reweight" if reweight and args.prompt == args.to else "replace" if same_count else "refine"
     pipe = minip2p.load(args.weights, device=args.device)
+    inversion = None
+    if args.image:
+        inversion = pipe.invert(args.image, args.prompt, method=args.invert, steps=args.steps,
+                                guidance_scale=args.guidance)
     images = pipe.edit(args.prompt, args.to, kind=kind, seed=args.seed, cross_replace_steps=args.cross,
                        self_replace_steps=args.self_, blend=args.blend, reweight=reweight or None, steps=args.steps,
-                       guidance_scale=args.guidance)
+                       guidance_scale=args.guidance, inversion=inversion)
+    if args.image:
+        from .inversion import load_image
+        images = [load_image(args.image, pipe.config.image_size)] + images
     label = kind + (f" + blend {' '.join(args.blend)}" if args.blend else "") + \
         (" + reweight " + " ".join(args.reweight) if reweight and kind != "reweight" else "")
-    image_grid(images, [f"source: {args.prompt}", f"{label}: {args.to}"], min_size=512).save(out)
+    captions = [f"source: {args.prompt}", f"{label}: {args.to}"]
+    if args.image:
+        captions = ["input image", f"{args.invert} inversion: {args.prompt}", captions[1]]
+    image_grid(images, captions, min_size=512).save(out)
     print(f"wrote {out}")
 
 
@@ -124,6 +134,9 @@ def main(argv=None):
     e.add_argument("--reweight", nargs="+", metavar="WORD=SCALE", help="scale a word's attention, e.g. red=2")
     e.add_argument("--cross", type=float, default=0.8, help="cross_replace_steps (fraction of the steps)")
     e.add_argument("--self", dest="self_", type=float, default=0.4, help="self_replace_steps")
+    e.add_argument("--image", help="edit this image (it is inverted first; --prompt must describe it)")
+    e.add_argument("--invert", choices=["null-text", "negative-prompt", "ddim"], default="null-text",
+                   help="inversion method for --image")
     common(e, "edit.png")
     e.set_defaults(run=cmd_edit)
 

@@ -108,13 +108,25 @@ class Pipeline:
                                  f"(VAE factor {self.factor} x UNet factor {step // self.factor})")
 
     @torch.no_grad()
-    def sample(self, prompts, seed=None, steps=50, guidance_scale=7.5, height=None, width=None, negative_prompt="",
-               latents=None, controller=None, progress=True, eta=0.0, steps_offset=1):
-        """The DDIM loop with classifier-free guidance -> final latents (B, C, h, w), in UNet (scaled) units."""
+    def sample(self, prompts, seed=None, steps=None, guidance_scale=None, height=None, width=None, negative_prompt="",
+               latents=None, controller=None, progress=True, eta=0.0, steps_offset=1, inversion=None):
+        """The DDIM loop with classifier-free guidance -> final latents (B, C, h, w), in UNet (scaled) units.
+
+        With `inversion` (from `invert`), sampling starts from its noise and uses its per-step null embeddings,
+        steps, guidance and schedule, so that the first prompt reconstructs the inverted image."""
         if isinstance(prompts, str):
             prompts = [prompts]
         if not prompts:
             raise ValueError("give at least one prompt")
+        if inversion is not None:
+            for name, given, own in (("steps", steps, inversion.steps), ("guidance_scale", guidance_scale,
+                                                                          inversion.guidance_scale)):
+                if given is not None and given != own:
+                    raise ValueError(f"{name}={given} differs from the inversion's {own}; leave it out")
+            steps, guidance_scale, steps_offset = inversion.steps, inversion.guidance_scale, inversion.steps_offset
+            latents, seed = inversion.latent, 0
+            height, width = (s * self.factor for s in inversion.latent.shape[2:])
+        steps, guidance_scale = steps or 50, 7.5 if guidance_scale is None else guidance_scale
         height, width = height or self.config.image_size, width or self.config.image_size
         self.check_size(height, width)
         ddim = DDIM(steps, steps_offset, self.config.prediction)
@@ -136,6 +148,8 @@ class Pipeline:
         for i, t in enumerate(ddim.timesteps):
             if controller is not None:
                 controller.begin_step(i)
+            if inversion is not None:
+                context = torch.cat([inversion.null_embeddings[i].to(cond).expand_as(cond), cond])
             out = self.unet(torch.cat([x, x]), t.to(self.device), context, controller)
             out_uncond, out_cond = out.chunk(2)
             out = out_uncond + guidance_scale * (out_cond - out_uncond)
@@ -153,15 +167,24 @@ class Pipeline:
 
     @torch.no_grad()
     def encode(self, images):
-        """Images (B, 3, H, W) in [-1, 1] -> UNet-space latents (the VAE's mean times the scale factor)."""
+        """Images ((B, 3, H, W) in [-1, 1], or a PIL image) -> UNet-space latents (VAE mean x scale factor)."""
+        if isinstance(images, Image.Image):
+            from .inversion import to_tensor
+            images = to_tensor(images.convert("RGB"))
         return self.vae.encode(images.to(self.device, self.dtype))[0] * self.config.vae.scale_factor
 
-    def generate(self, prompts, seed=None, steps=50, guidance_scale=7.5, height=None, width=None,
-                 negative_prompt="", latents=None, controller=None, progress=True, eta=0.0):
-        """Text to image: a list of PIL images, one per prompt, all from the same initial noise."""
+    def generate(self, prompts, seed=None, steps=None, guidance_scale=None, height=None, width=None,
+                 negative_prompt="", latents=None, controller=None, progress=True, eta=0.0, inversion=None):
+        """Text to image: a list of PIL images, one per prompt, all from the same initial noise (50 steps and
+        guidance 7.5 unless given)."""
         x = self.sample(prompts, seed, steps, guidance_scale, height, width, negative_prompt, latents, controller,
-                        progress, eta)
+                        progress, eta, inversion=inversion)
         return to_pil(self.decode(x))
+
+    def invert(self, image, prompt, method="null-text", steps=50, guidance_scale=7.5, **kw):
+        """Invert a real image (path, PIL or tensor) described by `prompt` -> `Inversion` for `generate`."""
+        from .inversion import invert
+        return invert(self, image, prompt, method, steps, guidance_scale, **kw)
 
     def edit(self, source_prompt, target_prompt, kind="replace", seed=None, cross_replace_steps=0.8,
              self_replace_steps=0.4, blend=None, reweight=None, store=None, **generate_kwargs):

@@ -76,12 +76,17 @@ def psnr(a, b):
 def train_vae(args, run):
     torch.manual_seed(args.seed)
     vae = VAE(CONFIG.vae)
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr or 1e-3, weight_decay=0.0)
     state = load_state(run / "vae.pt")
+    if state:
+        vae.load_state_dict(state["model"])
+    if args.decoder_only:  # the encoder (so the UNet's latents) stays fixed; the decoder keeps improving
+        vae.encoder.requires_grad_(False), vae.quant_conv.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=args.lr or 1e-3, weight_decay=0.0)
     step = 0
     if state:
-        vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
         step = state["step"]
+        if state.get("decoder_only", False) == args.decoder_only:
+            opt.load_state_dict(state["opt"])
     train, _ = scenes(20000, args.seed)
     held, _ = scenes(256, args.seed + 1)
     held = to_tensor(held)
@@ -103,9 +108,9 @@ def train_vae(args, run):
                 p = psnr(vae.decode(vae.encode(held[:64])[0]), held[:64])
             log(run, f"vae step {step} loss {loss.item():.5f} held-out PSNR {p:.2f} dB")
         if time.time() > t_save:
-            save_state(run / "vae.pt", vae, opt, step)
+            save_state(run / "vae.pt", vae, opt, step, {"decoder_only": args.decoder_only})
             t_save = time.time() + 300
-    save_state(run / "vae.pt", vae, opt, step)
+    save_state(run / "vae.pt", vae, opt, step, {"decoder_only": args.decoder_only})
     with torch.no_grad():
         p = psnr(torch.cat([vae.decode(vae.encode(held[i:i + 64])[0]) for i in range(0, 256, 64)]), held)
     log(run, f"vae done at step {step}: held-out PSNR {p:.2f} dB on 256 scenes")
@@ -181,6 +186,8 @@ def train_unet(args, run):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for group in opt.param_groups:  # linear warm-up over the first 200 steps
+            group["lr"] = (args.lr or 1e-3) * min(1.0, (step + 1) / 200)
         opt.step()
         step += 1
         decay = min(args.ema, (1 + step) / (10 + step))
@@ -223,8 +230,9 @@ def main():
     p.add_argument("--minutes", type=float, default=30, help="wall-clock budget of this invocation")
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--scenes", type=int, default=40000, help="scenes to encode for the UNet phase")
+    p.add_argument("--decoder-only", action="store_true", help="vae: train only the decoder (latents stay valid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--to", default=str(ROOT / "weights" / "shapes.safetensors"), help="export target")

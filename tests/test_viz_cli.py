@@ -73,3 +73,12 @@ def test_cli_edit_bad_input(small_ckpt, tmp_path):
             cwd=tmp_path)
     assert r.returncode != 0 and "write WORD=SCALE" in r.stderr
     assert not (tmp_path / "edit.png").exists()
+
+
+def test_cli_edit_a_real_image(small_ckpt, tmp_path):
+    Image.new("RGB", (80, 64), "white").save(tmp_path / "photo.png")
+    r = cli("edit", "--weights", str(small_ckpt["sd1"][0]), "--image", str(tmp_path / "photo.png"),
+            "--prompt", "a red circle", "--to", "a blue circle", "--invert", "negative-prompt", "--steps", "3",
+            "--out", str(tmp_path / "e.png"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "e.png").size == (3 * 512, 512 + 14)
