@@ -28,6 +28,18 @@ def cmd_generate(args):
     print(f"wrote {out}")
 
 
+DEMO = [  # (label, source, target, edit arguments): Prompt-to-Prompt on the shapes world
+    ("Replace: circle -> triangle", "a red circle and a blue square on a white background",
+     "a red triangle and a blue square on a white background", {}),
+    ("Replace + LocalBlend: red -> green", "a red circle and a blue square on a white background",
+     "a green circle and a blue square on a white background", {"blend": ["circle"]}),
+    ("Reweight: square x3", "a red circle and a blue square on a white background",
+     "a red circle and a blue square on a white background", {"kind": "reweight", "reweight": {"square": 3.0}}),
+    ("Refine: + yellow", "a circle on a black background", "a yellow circle on a black background",
+     {"kind": "refine"}),
+]
+
+
 def cmd_demo(args):
     import minip2p
     from minip2p.checkpoint import BUNDLED
@@ -37,15 +49,21 @@ def cmd_demo(args):
     else:
         from minip2p.demo_model import random_pipeline
         print(f"note: the bundled shapes-world model ({BUNDLED}) is not in this checkout yet, so the demo runs the "
-              f"whole pipeline on a small random-weight model of the same architecture: the images are noise-like "
-              f"patterns, not pictures. Pass a real checkpoint with `minip2p generate --weights PATH`.",
+              f"whole pipeline, edits included, on a small random-weight model of the same architecture: the "
+              f"images are patterns, not pictures. Pass a real checkpoint to `minip2p edit --weights PATH`.",
               file=sys.stderr)
         pipe, note = random_pipeline(), " (random weights)"
-    prompts = ["a red circle on a white background", "a blue square on a black background",
-               "a green triangle", "a purple square and a yellow circle"]
-    images = pipe.generate(prompts, seed=args.seed, steps=args.steps)
-    image_grid(images, [p + note for p in prompts]).save(out)
-    print(f"wrote {out.resolve()}")
+    images, captions, shown = [], [], set()
+    for label, source, target, kw in DEMO:
+        src, edited = pipe.edit(source, target, seed=args.seed, steps=args.steps, progress=False, **kw)
+        if source not in shown:
+            shown.add(source)
+            images.append(src)
+            captions.append(f"source: {source}{note}")
+        images.append(edited)
+        captions.append(f"{label}{note}")
+    image_grid(images, captions, min_size=384, columns=len(images)).save(out)
+    print(f"wrote {out.resolve()}: {len(DEMO)} Prompt-to-Prompt edits of {len(shown)} source images")
 
 
 def parse_reweight(items):

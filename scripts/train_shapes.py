@@ -173,7 +173,7 @@ def train_unet(args, run):
     t_end, t_save = time.time() + 60 * args.minutes, time.time() + 300
     losses = []
     while time.time() < t_end:
-        i = torch.from_numpy(rng.integers(0, len(lat), args.batch or 128))
+        i = torch.from_numpy(rng.integers(0, len(lat), args.batch or 64))
         x0 = lat[i]
         prompts = [prompt_for(specs[int(s)], rng, 0.15, 0.1) for s in scene[i]]
         ids = tokenize(tok, prompts)

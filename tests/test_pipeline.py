@@ -79,4 +79,5 @@ def test_cli_errors_are_one_clear_line(tmp_path):
 def test_cli_demo_writes_a_grid(tmp_path):
     r = run_cli("demo", "--steps", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert Image.open(tmp_path / "demo.png").size[0] >= 4 * 64
+    assert Image.open(tmp_path / "demo.png").size == (6 * 384, 384 + 14)  # 2 sources + 4 edits
+    assert "4 Prompt-to-Prompt edits" in r.stdout

@@ -1,0 +1,128 @@
+"""Real-image inversion on the shapes model: reconstruction PSNR, time and memory per method; and an edit.
+
+    python benchmarks/inversion.py [--scenes 20] [--steps 50] [--full-sd1]
+
+Rendered scenes (known ground truth) are inverted with their full prompt at guidance 7.5 and reconstructed;
+PSNR is against the input image, next to the VAE's own reconstruction (the ceiling). Then Replace + LocalBlend
+after null-text inversion changes one object's colour: how often it changes, and the PSNR of the rest.
+--full-sd1 adds time and peak memory of each method on the full SD1 config (random weights, 512x512, 3 steps).
+"""
+import argparse
+import math
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import minip2p  # noqa: E402
+from minip2p import shapes  # noqa: E402
+from minip2p.p2p import LocalBlend, Replace  # noqa: E402
+
+METHODS = ("ddim", "negative-prompt", "null-text")
+
+
+def psnr(a, b, mask=None):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    d = (a - b) ** 2
+    mse = d[mask].mean() if mask is not None else d.mean()
+    return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
+
+
+def rss_mib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def measured(fn):
+    """-> (result, seconds, peak RSS MiB during the call)."""
+    peak, done = [rss_mib()], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mib())
+            time.sleep(0.005)
+    w = threading.Thread(target=watch)
+    w.start()
+    t0 = time.perf_counter()
+    out = fn()
+    dt = time.perf_counter() - t0
+    done.set()
+    w.join()
+    return out, dt, peak[0]
+
+
+def shapes_model(args):
+    pipe = minip2p.load(args.weights)
+    rng = np.random.default_rng(7)
+    scores = {m: [] for m in METHODS}
+    cost = {m: [] for m in METHODS}
+    vae = []
+    for _ in range(args.scenes):
+        img, full, _ = shapes.render(shapes.sample_spec(rng, 0.0), rng)
+        from PIL import Image
+        image, prompt = Image.fromarray(img), full.prompt()
+        vae.append(psnr(minip2p.pipeline.to_pil(pipe.decode(pipe.encode(image)))[0], img))
+        for m in METHODS:
+            inv, dt, peak = measured(lambda: pipe.invert(image, prompt, method=m, steps=args.steps, progress=False))
+            rec = pipe.generate([prompt], inversion=inv, progress=False)[0]
+            scores[m].append(psnr(rec, img))
+            cost[m].append((dt, peak))
+    print(f"shapes model, {args.scenes} rendered scenes, {args.steps} steps, guidance 7.5")
+    print("| method | reconstruction PSNR (mean) | time per image | peak RSS |\n| --- | --- | --- | --- |")
+    print(f"| VAE only (ceiling) | {np.mean(vae):.2f} dB | | |")
+    for m in METHODS:
+        print(f"| {m} | {np.mean(scores[m]):.2f} dB | {np.mean([c[0] for c in cost[m]]):.1f} s | "
+              f"{max(c[1] for c in cost[m]):.0f} MiB |")
+
+    changed, rest = [], []
+    for k in range(args.scenes):
+        rng = np.random.default_rng(1000 + k)
+        spec = shapes.Spec([shapes.Obj("red", "circle"), shapes.Obj(None, None)], None)
+        img, full, masks = shapes.render(spec, rng)
+        source = full.prompt()
+        target = source.replace("a red circle", "a blue circle", 1)
+        inv = pipe.invert(Image.fromarray(img), source, method="null-text", steps=args.steps, progress=False)
+        ctrl = Replace([source, target], pipe.tokenizer, local_blend=LocalBlend(["circle", "circle"]))
+        _, edited = pipe.generate([source, target], inversion=inv, controller=ctrl, progress=False)
+        bg, found = shapes.analyse(np.asarray(edited))
+        changed.append(any(f.shape == "circle" and f.colour == "blue" and (f.mask & masks[0]).sum() > 0.5 * masks[0].sum()
+                           for f in found))
+        rest.append(psnr(edited, img, ~masks[0]))
+    print(f"\nedit after null-text inversion, 'a red circle ...' -> 'a blue circle ...' with LocalBlend, "
+          f"{args.scenes} scenes: circle turned blue in {100 * np.mean(changed):.0f}%, "
+          f"PSNR outside it {np.mean(rest):.2f} dB (>= 25 dB in {100 * np.mean(np.array(rest) >= 25):.0f}%)")
+
+
+def full_sd1(args):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import tempfile
+    from helpers import write_checkpoint
+    with tempfile.TemporaryDirectory() as d:
+        write_checkpoint(Path(d) / "sd1.safetensors", minip2p.ModelConfig.sd1(), with_config=False)
+        pipe = minip2p.load(Path(d) / "sd1.safetensors")
+    image = torch.rand(1, 3, 512, 512) * 2 - 1
+    print("\nfull SD1 config (random weights), 512x512, 3 steps, 2 inner steps, CPU fp32")
+    for m in METHODS:
+        _, dt, peak = measured(lambda: pipe.invert(image, "a photo of a cat", method=m, steps=3, inner_steps=2,
+                                                   progress=False))
+        print(f"  {m:16s} {dt:6.1f} s   peak RSS {peak:6.0f} MiB")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--weights")
+    p.add_argument("--scenes", type=int, default=20)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--full-sd1", action="store_true")
+    args = p.parse_args()
+    shapes_model(args)
+    if args.full_sd1:
+        full_sd1(args)
+
+
+if __name__ == "__main__":
+    main()
