@@ -185,22 +185,31 @@ class Edit(Controller):
         self.prompts, self.tokenizer = list(prompts), tokenizer
         self.cross_replace_steps, self.self_replace_steps = cross_replace_steps, self_replace_steps
         self.local_blend, self.store, self.self_max_fraction = local_blend, store, self_max_fraction
+        # every word, window and token map is checked now, before any sampling
         step_window(self_replace_steps, 1, "self_replace_steps")
-        cross_alphas(self.prompts, tokenizer, 1, cross_replace_steps)  # bad words and windows fail now, not later
+        cross_alphas(self.prompts, tokenizer, 1, cross_replace_steps)
+        if local_blend is not None:
+            local_blend.bind(self.prompts, tokenizer, 1, (1, 1), None)
+        self.prepare()
         self.step = 0
 
     def start(self, steps, latent_hw, device=None):
-        self.alphas = cross_alphas(self.prompts, self.tokenizer, steps, self.cross_replace_steps).to(device)
+        self.alphas = cross_alphas(self.prompts, self.tokenizer, steps, self.cross_replace_steps)
         self.self_window = step_window(self.self_replace_steps, steps, "self_replace_steps")
         self.self_min_factor = max(1, round(1 / self.self_max_fraction))  # 16x16 of a 64x64 latent: factor 4
-        self.prepare(device)
+        self.to(device)
         if self.local_blend is not None:
             self.local_blend.bind(self.prompts, self.tokenizer, steps, latent_hw, device)
         if self.store is not None:
             self.store.start(steps, latent_hw, device)
 
-    def prepare(self, device):
-        pass
+    def prepare(self):
+        """Token maps of the edit, computed once (on the CPU) when the edit is made."""
+
+    def to(self, device):
+        for name, value in list(vars(self).items()):
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(device))
 
     def begin_step(self, i):
         self.step = i
@@ -236,9 +245,8 @@ class Edit(Controller):
 class Replace(Edit):
     """Word swap: "a cat" -> "a dog". Target token j attends like the source tokens mapped onto it."""
 
-    def prepare(self, device):
+    def prepare(self):
         self.mapper = torch.stack([replacement_mapper(self.prompts[0], p, self.tokenizer) for p in self.prompts[1:]])
-        self.mapper = self.mapper.to(device)
 
     def replace_cross(self, base, target):
         return torch.einsum("hqs,pst->phqt", base, self.mapper.to(base.dtype))
@@ -247,10 +255,10 @@ class Replace(Edit):
 class Refine(Edit):
     """Adding words: "a cat" -> "a fluffy cat". Tokens shared with the source take its maps; new tokens keep theirs."""
 
-    def prepare(self, device):
+    def prepare(self):
         pairs = [refinement_mapper(self.prompts[0], p, self.tokenizer) for p in self.prompts[1:]]
-        self.mapper = torch.stack([m for m, _ in pairs]).to(device)       # (P-1, 77) source token per target token
-        self.refine_alphas = torch.stack([a for _, a in pairs]).to(device)  # (P-1, 77) 0 for new tokens
+        self.mapper = torch.stack([m for m, _ in pairs])         # (P-1, 77) source token per target token
+        self.refine_alphas = torch.stack([a for _, a in pairs])  # (P-1, 77) 0 for new tokens
 
     def replace_cross(self, base, target):
         taken = base[:, :, self.mapper].permute(2, 0, 1, 3)  # (P-1, heads, n, 77)
@@ -263,15 +271,15 @@ class Reweight(Edit):
     `base=` another edit (Replace or Refine), its result is re-weighted: edits chain."""
 
     def __init__(self, prompts, tokenizer, scales, base=None, **kw):
-        super().__init__(prompts, tokenizer, **kw)
         self.scales, self.base = torch.as_tensor(scales, dtype=torch.float32), base
         if self.scales.shape[-1] != MAX_TOKENS:
             raise ValueError(f"scales must have {MAX_TOKENS} entries (one per token), not shape {tuple(self.scales.shape)}")
+        super().__init__(prompts, tokenizer, **kw)
 
-    def prepare(self, device):
-        self.scales = self.scales.to(device)
+    def to(self, device):
+        super().to(device)
         if self.base is not None:
-            self.base.prepare(device)
+            self.base.to(device)
 
     def replace_cross(self, base, target):
         edited = self.base.replace_cross(base, target) if self.base is not None else base.expand_as(target)

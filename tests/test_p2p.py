@@ -31,7 +31,13 @@ def test_cross_alphas_float_pair_and_dict():
 
 def test_bad_edits_fail_before_any_work():
     with pytest.raises(ValueError, match="same number of words"):
-        Replace([P[0], "a blue square"], tok).start(10, (8, 8))
+        Replace([P[0], "a blue square"], tok)
+    with pytest.raises(ValueError, match="'dog' is not a word"):
+        Replace(P, tok, local_blend=LocalBlend(["dog", "square"]))
+    with pytest.raises(ValueError, match="one word .* per prompt"):
+        Refine(P, tok, local_blend=LocalBlend(["circle"]))
+    with pytest.raises(ValueError, match="77 entries"):
+        Reweight(P, tok, torch.ones(10))
     with pytest.raises(ValueError, match="self_replace_steps must be"):
         Replace(P, tok, self_replace_steps=2.0)
     with pytest.raises(ValueError, match="cross_replace_steps must be"):
