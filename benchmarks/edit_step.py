@@ -10,40 +10,18 @@ self-attention at 1/4 of the latent size and below), the fused kernel elsewhere.
 import argparse
 import statistics
 import sys
-import threading
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import random_state  # noqa: E402
+from memory import measured  # noqa: E402
 
 from minip2p import ModelConfig, TextConfig, UNet  # noqa: E402
 from minip2p.p2p import AttentionStore, Replace  # noqa: E402
 from minip2p.text import load_tokenizer  # noqa: E402
-
-
-def rss_mib():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-
-
-def timed(fn):
-    peak, done = [rss_mib()], threading.Event()
-
-    def watch():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_mib())
-            time.sleep(0.002)
-    w = threading.Thread(target=watch)
-    w.start()
-    t0 = time.perf_counter()
-    fn()
-    dt = time.perf_counter() - t0
-    done.set()
-    w.join()
-    return dt, peak[0]
 
 
 def main():
@@ -75,7 +53,7 @@ def main():
     res = {k: [] for k in edits}
     for _ in range(args.runs):
         for k, c in edits.items():
-            res[k].append(timed(lambda: step(c)))
+            res[k].append(measured(lambda: step(c))[1:])
     med = {k: statistics.median(t for t, _ in v) for k, v in res.items()}
     peak = {k: max(m for _, m in v) for k, v in res.items()}
     print(f"SD1 UNet, 2 prompts (UNet batch 4), {args.latent}x{args.latent} latent, fp32, CPU, "

@@ -10,17 +10,17 @@ after null-text inversion changes one object's colour: how often it changes, and
 import argparse
 import math
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import minip2p  # noqa: E402
 from minip2p import shapes  # noqa: E402
 from minip2p.p2p import LocalBlend, Replace  # noqa: E402
+from memory import measured  # noqa: E402
 
 METHODS = ("ddim", "negative-prompt", "null-text")
 
@@ -30,29 +30,6 @@ def psnr(a, b, mask=None):
     d = (a - b) ** 2
     mse = d[mask].mean() if mask is not None else d.mean()
     return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
-
-
-def rss_mib():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-
-
-def measured(fn):
-    """-> (result, seconds, peak RSS MiB during the call)."""
-    peak, done = [rss_mib()], threading.Event()
-
-    def watch():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_mib())
-            time.sleep(0.005)
-    w = threading.Thread(target=watch)
-    w.start()
-    t0 = time.perf_counter()
-    out = fn()
-    dt = time.perf_counter() - t0
-    done.set()
-    w.join()
-    return out, dt, peak[0]
 
 
 def shapes_model(args):

@@ -11,14 +11,15 @@ import gc
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import diffusers_unet, random_state  # noqa: E402
+from memory import measured, rss_mib  # noqa: E402
 
 from minip2p import Controller, ModelConfig, UNet  # noqa: E402
 from minip2p.checkpoint import UNET  # noqa: E402
@@ -47,11 +48,6 @@ def step(which, model, x, t, ctx):
         return model(x, t, ctx, Controller() if which == "explicit" else None)
 
 
-def rss_mib():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-
-
 def peak_rss(which, args):
     """(RSS with the model loaded, peak RSS during one step), MiB, in a fresh process."""
     cmd = [sys.executable, __file__, "--latent", str(args.latent), "--batch", str(args.batch), "--child", which]
@@ -71,18 +67,9 @@ def main():
         model = build("diffusers" if args.child == "diffusers" else "ours", cfg)
         gc.collect()
         x, t, ctx = inputs(args)
-        base, peak, done = rss_mib(), [0.0], threading.Event()
-
-        def watch():
-            while not done.is_set():
-                peak[0] = max(peak[0], rss_mib())
-                time.sleep(0.002)
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        step(args.child, model, x, t, ctx)
-        done.set()
-        watcher.join()
-        print(base, max(peak[0], base))
+        base = rss_mib()
+        _, _, peak = measured(lambda: step(args.child, model, x, t, ctx))
+        print(base, max(peak, base))
         return
     x, t, ctx = inputs(args)
     models = {"ours": build("ours", cfg), "diffusers": build("diffusers", cfg)}

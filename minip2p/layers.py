@@ -22,6 +22,17 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
 
 
+class Upsample(nn.Module):
+    """Nearest-neighbour x2, then a 3x3 conv (UNet `output_blocks.N.M.conv`, VAE `decoder.up.N.upsample.conv`)."""
+
+    def __init__(self, ch):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
 def timestep_embedding(t, dim, max_period=10000):
     """Sinusoidal embedding of (B,) timesteps -> (B, dim): cat([cos, sin]), as CompVis (not [sin, cos])."""
     half = dim // 2

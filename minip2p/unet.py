@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .attention import Place, attention
-from .layers import GroupNorm, LayerNorm, timestep_embedding
+from .layers import GroupNorm, LayerNorm, Upsample, timestep_embedding
 
 
 @dataclass
@@ -144,15 +144,6 @@ class Downsample(nn.Module):
 
     def forward(self, x):
         return self.op(x)
-
-
-class Upsample(nn.Module):
-    def __init__(self, ch):
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class Block(nn.Sequential):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .attention import attention
-from .layers import GroupNorm
+from .layers import GroupNorm, Upsample
 
 
 @dataclass
@@ -70,15 +70,6 @@ class Downsample(nn.Module):
 
     def forward(self, x):
         return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric: right and bottom only
-
-
-class Upsample(nn.Module):
-    def __init__(self, ch):
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class Mid(nn.Module):
