@@ -81,23 +81,21 @@ def parse_reweight(items):
 
 def cmd_edit(args):
     import minip2p
+    from .pipeline import default_edit_kind
     out = check_out(args.out)
     reweight = parse_reweight(args.reweight)
-    kind = args.kind
-    if kind is None:
-        same_count = len(args.prompt.split()) == len(args.to.split())
-        kind = "reweight" if reweight and args.prompt == args.to else "replace" if same_count else "refine"
     pipe = minip2p.load(args.weights, device=args.device)
     inversion = None
     if args.image:
         inversion = pipe.invert(args.image, args.prompt, method=args.invert, steps=args.steps,
                                 guidance_scale=args.guidance)
-    images = pipe.edit(args.prompt, args.to, kind=kind, seed=args.seed, cross_replace_steps=args.cross,
+    images = pipe.edit(args.prompt, args.to, kind=args.kind, seed=args.seed, cross_replace_steps=args.cross,
                        self_replace_steps=args.self_, blend=args.blend, reweight=reweight or None, steps=args.steps,
                        guidance_scale=args.guidance, inversion=inversion)
     if args.image:
         from .inversion import load_image
         images = [load_image(args.image, pipe.config.image_size)] + images
+    kind = args.kind or default_edit_kind(args.prompt, args.to, reweight)
     label = kind + (f" + blend {' '.join(args.blend)}" if args.blend else "") + \
         (" + reweight " + " ".join(args.reweight) if reweight and kind != "reweight" else "")
     captions = [f"source: {args.prompt}", f"{label}: {args.to}"]

@@ -57,6 +57,13 @@ def to_pil(images):
     return [Image.fromarray(np.ascontiguousarray(a)) for a in x]
 
 
+def default_edit_kind(source_prompt, target_prompt, reweight=None):
+    """replace for equal word counts, refine otherwise, reweight for identical prompts with a reweight."""
+    if reweight and source_prompt == target_prompt:
+        return "reweight"
+    return "replace" if len(source_prompt.split()) == len(target_prompt.split()) else "refine"
+
+
 class Progress:
     """A one-line progress bar on stderr."""
 
@@ -186,12 +193,13 @@ class Pipeline:
         from .inversion import invert
         return invert(self, image, prompt, method, steps, guidance_scale, **kw)
 
-    def edit(self, source_prompt, target_prompt, kind="replace", seed=None, cross_replace_steps=0.8,
+    def edit(self, source_prompt, target_prompt, kind=None, seed=None, cross_replace_steps=0.8,
              self_replace_steps=0.4, blend=None, reweight=None, store=None, **generate_kwargs):
         """Prompt-to-Prompt in one call -> [source image, edited image] from the same noise.
 
         kind: "replace" (word swap, same word count), "refine" (words added or removed) or "reweight" (target
-        prompt's attention scaled by `reweight`, {word: scale}). `reweight` with another kind chains on it.
+        prompt's attention scaled by `reweight`, {word: scale}); by default replace for equal word counts,
+        refine otherwise, reweight for identical prompts with `reweight`. `reweight` with another kind chains.
         blend: words whose region the edit is confined to (LocalBlend); each is looked up in both prompts.
         Defaults are the paper notebook's: cross_replace_steps 0.8, self_replace_steps 0.4.
         """
@@ -207,6 +215,7 @@ class Pipeline:
             local_blend = LocalBlend([ws or [0] for ws in per_prompt])
         kw = dict(cross_replace_steps=cross_replace_steps, self_replace_steps=self_replace_steps,
                   local_blend=local_blend, store=store)
+        kind = kind or default_edit_kind(source_prompt, target_prompt, reweight)
         kinds = {"replace": Replace, "refine": Refine}
         if kind not in (*kinds, "reweight"):
             raise ValueError(f"kind must be 'replace', 'refine' or 'reweight', not {kind!r}")

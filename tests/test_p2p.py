@@ -1,4 +1,5 @@
 """Prompt-to-Prompt controllers: schedules, LocalBlend maths, and invariants on random weights."""
+import numpy as np
 import pytest
 import torch
 
@@ -153,3 +154,7 @@ def test_edit_api(pipe):
         pipe.edit(P[0], P[1], kind="swap", steps=2)
     images = pipe.edit(P[0], P[0].replace("red", "red red"), kind="refine", reweight={"red": 2.0}, steps=2, progress=False)
     assert len(images) == 2
+    a = pipe.edit("a red circle", "a red circle and a blue square", seed=2, steps=2, progress=False)  # refine
+    b = pipe.generate(["a red circle", "a red circle and a blue square"], seed=2, steps=2, progress=False,
+                      controller=Refine(["a red circle", "a red circle and a blue square"], pipe.tokenizer))
+    assert np.array_equal(np.asarray(a[1]), np.asarray(b[1]))
