@@ -130,6 +130,8 @@ class Pipeline:
                                                                           inversion.guidance_scale)):
                 if given is not None and given != own:
                     raise ValueError(f"{name}={given} differs from the inversion's {own}; leave it out")
+            if negative_prompt:
+                raise ValueError("negative_prompt cannot be used with an inversion: its null embeddings take that place")
             steps, guidance_scale, steps_offset = inversion.steps, inversion.guidance_scale, inversion.steps_offset
             latents, seed = inversion.latent, 0
             height, width = (s * self.factor for s in inversion.latent.shape[2:])
@@ -138,8 +140,8 @@ class Pipeline:
         self.check_size(height, width)
         ddim = DDIM(steps, steps_offset, self.config.prediction)
         cond = self.encode_prompts(prompts)
-        uncond = self.encode_prompts([negative_prompt]).expand_as(cond)
-        context = torch.cat([uncond, cond])
+        if inversion is None:
+            context = torch.cat([self.encode_prompts([negative_prompt]).expand_as(cond), cond])
         b, shape = len(prompts), (self.config.unet.in_channels, height // self.factor, width // self.factor)
         if latents is None:
             seed = int(torch.randint(0, 2 ** 31 - 1, ())) if seed is None else seed

@@ -52,12 +52,12 @@ def load_tokenizer(cfg: TextConfig, path=TOKENIZER_DIR) -> CLIPTokenizer:
 
 def tokenize(tokenizer, prompts, max_length=77):
     """Prompts -> (B, max_length) ids, padded. A prompt over max_length tokens is an error, not a silent cut."""
-    for p in prompts:
-        n = len(tokenizer(p).input_ids)
-        if n > max_length:
-            raise ValueError(f"prompt has {n} tokens, more than the {max_length} the text encoder takes "
+    ids = tokenizer(list(prompts), padding="max_length", max_length=max_length).input_ids  # not truncated
+    for p, row in zip(prompts, ids):
+        if len(row) > max_length:
+            raise ValueError(f"prompt has {len(row)} tokens, more than the {max_length} the text encoder takes "
                              f"(start and end included); shorten it: {p!r}")
-    return tokenizer(list(prompts), padding="max_length", max_length=max_length, return_tensors="pt").input_ids
+    return torch.tensor(ids)
 
 
 @torch.no_grad()

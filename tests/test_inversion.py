@@ -97,6 +97,8 @@ def test_inversion_save_load_and_edit(pipe, image, tmp_path):
     assert a.size == (64, 64)
     with pytest.raises(ValueError, match="steps=9 differs from the inversion's 4"):
         pipe.generate(prompts, inversion=back, steps=9)
+    with pytest.raises(ValueError, match="negative_prompt cannot be used with an inversion"):
+        pipe.generate(prompts, inversion=back, negative_prompt="blurry")
 
 
 def test_invert_bad_input(pipe, image, tmp_path):
