@@ -40,7 +40,7 @@ def find(found, obj):
 
 def swap_scores(src_img, out_img, source, target, k, attr, value):
     """-> dict: edited (new attribute shown), kept_iou (other object's mask IoU), background kept."""
-    s_spec, t_spec = shapes.parse(source), shapes.parse(target)
+    t_spec = shapes.parse(target)
     s_bg, s_found = shapes.analyse(np.asarray(src_img))
     o_bg, o_found = shapes.analyse(np.asarray(out_img))
     other = t_spec.objects[1 - k]
@@ -48,8 +48,7 @@ def swap_scores(src_img, out_img, source, target, k, attr, value):
     kept = iou(src_other.mask, out_other.mask) if src_other is not None and out_other is not None else 0.0
     edited = any(getattr(f, attr) == value and f.__dict__[("shape" if attr == "colour" else "colour")] ==
                  getattr(t_spec.objects[k], "shape" if attr == "colour" else "colour") for f in o_found)
-    return {"edited": float(edited), "kept_iou": float(kept), "background": float(o_bg == s_bg),
-            "source_ok": float(src_other is not None)}
+    return {"edited": float(edited), "kept_iou": float(kept), "background": float(o_bg == s_bg)}
 
 
 def main():

@@ -16,6 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from safetensors.torch import load_file, save_file
 
 from .ddim import DDIM
+from .progress import Progress
 
 
 def load_image(image, size, crop=(0, 0, 0, 0)):
@@ -91,16 +92,6 @@ class Inversion:
                    int(meta["steps_offset"]))
 
 
-class Progress:
-    def __init__(self, total, enabled, label):
-        from .pipeline import Progress as Bar
-        self.bar, self.i = Bar(total, enabled, label), 0
-
-    def update(self, n=1):
-        self.i += n
-        self.bar.update(self.i)
-
-
 def invert(pipe, image, prompt, method="null-text", steps=50, guidance_scale=7.5, inner_steps=10,
            early_stop=1e-5, steps_offset=0, progress=True):
     """Image (path, PIL, or (1, 3, H, W) tensor in [-1, 1]) + its prompt -> Inversion."""
@@ -144,7 +135,6 @@ def null_text_optimisation(pipe, ddim, trajectory, cond, null, guidance_scale, i
             out_cond = pipe.unet(x, t, cond)
         null = null.detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([null], lr=1e-2 * (1.0 - i / 100.0))
-        done = 0
         for _ in range(inner_steps):
             out_uncond = pipe.unet(x, t, null)
             out = out_uncond + guidance_scale * (out_cond - out_uncond)
@@ -152,7 +142,6 @@ def null_text_optimisation(pipe, ddim, trajectory, cond, null, guidance_scale, i
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            done += 1
             if loss.item() < early_stop + i * 2e-5:
                 break
         bar.update(inner_steps)

@@ -155,7 +155,7 @@ class LocalBlend:
 
     def mask(self, dtype):
         if self.user_mask is not None:
-            m = torch.as_tensor(self.user_mask, dtype=dtype, device=self.sum.device if self.sum is not None else None)
+            m = torch.as_tensor(self.user_mask, dtype=dtype)
             return F.interpolate(m.reshape(1, 1, *m.shape[-2:]), size=self.latent_hw)
         mask = self.get_mask(self.sum, self.alpha, True, self.threshold)
         mask = mask[:1] | mask  # the source's region and each target's

@@ -1,5 +1,4 @@
 """Loading a model and generating images: glue between the parts, no maths of its own."""
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +7,7 @@ from PIL import Image
 
 from . import checkpoint as ckpt
 from .ddim import DDIM
+from .progress import Progress
 from .text import TOKENIZER_DIR, build_text_encoder, encode_text, load_tokenizer, tokenize
 from .unet import UNet
 from .vae import VAE
@@ -62,18 +62,6 @@ def default_edit_kind(source_prompt, target_prompt, reweight=None):
     if reweight and source_prompt == target_prompt:
         return "reweight"
     return "replace" if len(source_prompt.split()) == len(target_prompt.split()) else "refine"
-
-
-class Progress:
-    """A one-line progress bar on stderr."""
-
-    def __init__(self, total, enabled=True, label="sampling"):
-        self.total, self.enabled, self.label = total, enabled, label
-
-    def update(self, i):
-        if self.enabled:
-            end = "\n" if i == self.total else ""
-            print(f"\r{self.label} {i}/{self.total}", end=end, file=sys.stderr, flush=True)
 
 
 class Pipeline:
@@ -166,7 +154,7 @@ class Pipeline:
             x = ddim.step(out, t, x, eta, noise)
             if controller is not None:
                 x = controller.step_end(i, x)
-            bar.update(i + 1)
+            bar.update()
         return x
 
     @torch.no_grad()

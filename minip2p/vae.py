@@ -6,7 +6,6 @@ because it is not in the weights.
 """
 from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange

@@ -1,5 +1,4 @@
 """The one attention function: explicit softmax path == fused path; the controller hook sees every place."""
-import pytest
 import torch
 
 from minip2p import Controller, UNet, UNetConfig, attention

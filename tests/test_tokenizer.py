@@ -1,6 +1,5 @@
 """The CLIP tokenizer built from OpenCLIP's BPE file gives the real CLIP ids."""
 import json
-from pathlib import Path
 
 from minip2p import TextConfig
 from minip2p.text import TOKENIZER_DIR, load_tokenizer
