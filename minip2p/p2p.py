@@ -23,6 +23,15 @@ def step_window(fractions, steps, what):
     return int(start * steps), int(end * steps)
 
 
+def map_factor(fraction, latent_h, min_res=8):
+    """Downsampling factor of the maps at `fraction` of the latent size (the paper's 16x16 of a 64x64 latent is
+    1/4), made finer where that would leave maps under min_res cells (a 16x16 latent would give 4x4)."""
+    factor = max(1, round(1 / fraction))
+    while factor > 1 and latent_h // factor < min(min_res, latent_h):
+        factor //= 2
+    return factor
+
+
 def cross_alphas(prompts, tokenizer, steps, cross_replace_steps):
     """(steps, prompts-1, 77): 1 where target prompt p's token takes the source's map at a step.
 
@@ -115,7 +124,8 @@ class LocalBlend:
     are taken from the source. The mask is where the words' cross-attention (mean over steps so far, heads and the
     down/up places at `res_fraction` of the latent size, 16x16 for a 64x64 latent) exceeds `threshold` of its
     maximum, for the source's words or the target's; `subtract` words cut their region out; `mask` (latent-sized,
-    or any size, resized) replaces the attention mask altogether."""
+    or any size, resized) replaces the attention mask altogether. Maps coarser than 8x8 are not used: on a 16x16
+    latent the mask comes from the 8x8 maps (see `map_factor`)."""
 
     def __init__(self, words, threshold=0.3, start_blend=0.2, subtract=None, mask=None, res_fraction=0.25):
         self.words, self.subtract, self.threshold, self.start_blend = words, subtract, threshold, start_blend
@@ -135,7 +145,7 @@ class LocalBlend:
             return alpha
         self.alpha, self.sub_alpha = layers(self.words), layers(self.subtract)
         self.start_step, self.latent_hw = int(self.start_blend * steps), latent_hw
-        self.factor = max(1, round(1 / self.res_fraction))
+        self.factor = map_factor(self.res_fraction, latent_hw[0])
         self.sum, self.step_maps = None, []
 
     def wants(self, place):
@@ -196,7 +206,7 @@ class Edit(Controller):
     def start(self, steps, latent_hw, device=None):
         self.alphas = cross_alphas(self.prompts, self.tokenizer, steps, self.cross_replace_steps)
         self.self_window = step_window(self.self_replace_steps, steps, "self_replace_steps")
-        self.self_min_factor = max(1, round(1 / self.self_max_fraction))  # 16x16 of a 64x64 latent: factor 4
+        self.self_min_factor = map_factor(self.self_max_fraction, latent_hw[0])  # 16x16 of a 64x64 latent: 4
         self.to(device)
         if self.local_blend is not None:
             self.local_blend.bind(self.prompts, self.tokenizer, steps, latent_hw, device)

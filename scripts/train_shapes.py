@@ -186,8 +186,10 @@ def train_unet(args, run):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
+        left = (t_end - time.time()) / 60  # minutes left; lr anneals linearly over the last --anneal minutes
+        anneal = max(0.05, min(1.0, left / args.anneal)) if args.anneal else 1.0
         for group in opt.param_groups:  # linear warm-up over the first 200 steps
-            group["lr"] = (args.lr or 1e-3) * min(1.0, (step + 1) / 200)
+            group["lr"] = (args.lr or 1e-3) * min(1.0, (step + 1) / 200) * anneal
         opt.step()
         step += 1
         decay = min(args.ema, (1 + step) / (10 + step))
@@ -231,6 +233,7 @@ def main():
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--anneal", type=float, default=0, help="unet: decay lr linearly to 5%% over the last N minutes")
     p.add_argument("--scenes", type=int, default=40000, help="scenes to encode for the UNet phase")
     p.add_argument("--decoder-only", action="store_true", help="vae: train only the decoder (latents stay valid)")
     p.add_argument("--seed", type=int, default=0)

@@ -6,7 +6,8 @@ import torch
 import minip2p
 from minip2p import TextConfig
 from minip2p.attention import Place
-from minip2p.p2p import AttentionStore, LocalBlend, Refine, Replace, Reweight, cross_alphas, step_window
+from minip2p.p2p import (AttentionStore, LocalBlend, Refine, Replace, Reweight, cross_alphas, map_factor,
+                         step_window)
 from minip2p.text import load_tokenizer
 
 tok = load_tokenizer(TextConfig.sd1())
@@ -143,6 +144,19 @@ def test_explicit_path_only_where_needed():
     assert not e.wants(big_self) and e.wants(small_self)
     e.begin_step(5)  # past self_replace_steps 0.4
     assert not e.wants(small_self)
+
+
+def test_map_resolution_follows_the_latent_but_stays_at_least_8x8():
+    assert map_factor(0.25, 64) == 4 and map_factor(0.25, 96) == 4 and map_factor(0.25, 32) == 4  # 16, 24, 8 cells
+    assert map_factor(0.25, 16) == 2 and map_factor(0.25, 8) == 1   # the shapes model: 8x8, not 4x4
+    e = Replace(P, tok)
+    e.start(10, (16, 16))
+    e.begin_step(0)
+    assert e.wants(Place("input_blocks.4.1.transformer_blocks.0.attn1", "down", False, 2, 4))      # 8x8: replaced
+    assert not e.wants(Place("input_blocks.1.1.transformer_blocks.0.attn1", "down", False, 1, 4))  # 16x16: not
+    lb = LocalBlend(["circle", "square"])
+    lb.bind(P, tok, 10, (16, 16), None)
+    assert lb.wants(Place("input_blocks.4.1.transformer_blocks.0.attn2", "down", True, 2, 4))
 
 
 def test_edit_api(pipe):
