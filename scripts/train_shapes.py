@@ -87,12 +87,12 @@ def train_vae(args, run):
         step = state["step"]
         if state.get("decoder_only", False) == args.decoder_only:
             opt.load_state_dict(state["opt"])
-    train, _ = scenes(20000, args.seed)
+    train, _ = scenes(min(20000, 10 * args.scenes), args.seed)
     held, _ = scenes(256, args.seed + 1)
     held = to_tensor(held)
     rng = np.random.default_rng(args.seed + step)
-    t_end, t_save = time.time() + 60 * args.minutes, time.time() + 300
-    while time.time() < t_end:
+    t_end, t_save, first = time.time() + 60 * args.minutes, time.time() + 300, step
+    while time.time() < t_end and not (args.steps and step - first >= args.steps):
         x = to_tensor(train[rng.integers(0, len(train), args.batch or 32)])
         mean, logvar = vae.encode(x)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
@@ -170,9 +170,9 @@ def train_unet(args, run):
     snr = ac / (1 - ac)
     weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 weighting for epsilon prediction
     rng = np.random.default_rng(args.seed + step)
-    t_end, t_save = time.time() + 60 * args.minutes, time.time() + 300
+    t_end, t_save, first = time.time() + 60 * args.minutes, time.time() + 300, step
     losses = []
-    while time.time() < t_end:
+    while time.time() < t_end and not (args.steps and step - first >= args.steps):
         i = torch.from_numpy(rng.integers(0, len(lat), args.batch or 64))
         x0 = lat[i]
         prompts = [prompt_for(specs[int(s)], rng, 0.15, 0.1) for s in scene[i]]
@@ -230,6 +230,7 @@ def main():
     p.add_argument("phase", choices=["vae", "latents", "unet", "export"])
     p.add_argument("--run", default=str(ROOT / "runs" / "shapes"), help="checkpoint folder (resumed if present)")
     p.add_argument("--minutes", type=float, default=30, help="wall-clock budget of this invocation")
+    p.add_argument("--steps", type=int, default=0, help="vae/unet: stop after this many steps (0: --minutes only)")
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--ema", type=float, default=0.995)
