@@ -156,6 +156,7 @@ def train_unet(args, run):
     unet, text = UNet(CONFIG.unet), build_text_encoder(CONFIG.text)
     ema_unet, ema_text = UNet(CONFIG.unet).requires_grad_(False), build_text_encoder(CONFIG.text).requires_grad_(False)
     tok = load_tokenizer(CONFIG.text)
+    empty = tokenize(tok, [""])
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr or 1e-3, weight_decay=0.01)
     state, step = load_state(run / "unet.pt"), 0
@@ -181,7 +182,13 @@ def train_unet(args, run):
         noise = torch.randn_like(x0)
         a = ac[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        pred = unet(xt, t, text(ids).last_hidden_state)
+        context = text(ids).last_hidden_state
+        if args.pad_drop:  # the end token and the padding after it carry the whole prompt (causal text model):
+            # often swap them for the empty prompt's, so that the UNet learns to read each word where it is
+            drop = torch.from_numpy(rng.random(len(i)) < args.pad_drop)
+            after = torch.arange(ids.shape[1])[None] >= (ids == tok.eos_token_id).int().argmax(1)[:, None]
+            context = torch.where((drop[:, None] & after)[..., None], text(empty).last_hidden_state, context)
+        pred = unet(xt, t, context)
         loss = (weight[t] * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -234,6 +241,8 @@ def main():
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--pad-drop", type=float, default=0.5,
+                   help="unet: how often the end and padding tokens are replaced by the empty prompt's")
     p.add_argument("--anneal", type=float, default=0, help="unet: decay lr linearly to 5%% over the last N minutes")
     p.add_argument("--scenes", type=int, default=40000, help="scenes to encode for the UNet phase")
     p.add_argument("--decoder-only", action="store_true", help="vae: train only the decoder (latents stay valid)")
