@@ -36,6 +36,23 @@ def adherence(pipe, n=200, seed=0, steps=50, guidance=7.5, batch=25, p_omit=0.2)
     return {k: float(np.mean([r[2][k] for r in results])) for k in keys}, results
 
 
+def attention_shares(pipe, n=8, seed=3, steps=50):
+    """Where cross-attention goes, averaged over n sampled prompts, all places and steps -> dict of shares:
+    start token, the prompt's words, the end token and the padding after it. The end and padding tokens see
+    the whole prompt (causal text encoder), so what the UNet reads there is not where any one word is."""
+    from minip2p.p2p import AttentionStore
+    rng = np.random.default_rng(seed)
+    shares = []
+    for k in range(n):
+        prompt = shapes.sample_spec(rng, 0.0).prompt()
+        m = len(pipe.tokenizer(prompt).input_ids)
+        store = AttentionStore()
+        pipe.generate([prompt], seed=k, steps=steps, controller=store, progress=False)
+        a = torch.stack([store.mean(key)[0].mean(0) for key in store.keys()]).mean(0)  # (77,) over places, queries
+        shares.append([a[0].item(), a[1:m - 1].sum().item(), a[m - 1].item(), a[m:].sum().item()])
+    return dict(zip(("start", "words", "end", "padding"), np.mean(shares, 0)))
+
+
 def vae_psnr(pipe, n=256, seed=999):
     rng = np.random.default_rng(seed)
     imgs = np.stack([shapes.render(shapes.sample_spec(rng, 0.0), rng)[0] for _ in range(n)])
@@ -65,6 +82,8 @@ def main():
     for k, v in rates.items():
         print(f"| {k} | {100 * v:.1f}% |")
     print(f"VAE reconstruction PSNR on 256 held-out renders: {vae_psnr(pipe):.2f} dB")
+    print("cross-attention shares (8 prompts, all places and steps): " +
+          ", ".join(f"{k} {100 * v:.0f}%" for k, v in attention_shares(pipe).items()))
     if args.grid:
         from minip2p.viz import image_grid
         image_grid([r[1] for r in results[:16]], min_size=64).save(args.grid)
