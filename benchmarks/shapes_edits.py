@@ -4,7 +4,7 @@
 
 - Word swap (Replace) of one object's shape or colour: does the edited object take the new attribute, does the
   other object keep its mask (IoU with the source's) and the background stay? Against plain same-seed
-  generation of the target prompt.
+  generation of the target prompt. Seeds whose source image does not show its prompt are left out (and counted).
 - LocalBlend: pixel change outside the edited object, with and without blending.
 - Reweight: how often the object shows the colour word, across attention scales of that word.
 """
@@ -39,15 +39,18 @@ def find(found, obj):
 
 
 def swap_scores(src_img, out_img, source, target, k, attr, value):
-    """-> dict: edited (new attribute shown), kept_iou (other object's mask IoU), background kept."""
-    t_spec = shapes.parse(target)
+    """-> dict: edited (new attribute shown), kept_iou (other object's mask IoU), background kept; None when the
+    source image itself does not show its prompt (an edit of a wrong picture measures nothing)."""
+    s_spec, t_spec = shapes.parse(source), shapes.parse(target)
     s_bg, s_found = shapes.analyse(np.asarray(src_img))
+    if not shapes.matches(s_spec, s_bg, s_found)["all"]:
+        return None
     o_bg, o_found = shapes.analyse(np.asarray(out_img))
     other = t_spec.objects[1 - k]
     src_other, out_other = find(s_found, other), find(o_found, other)
-    kept = iou(src_other.mask, out_other.mask) if src_other is not None and out_other is not None else 0.0
-    edited = any(getattr(f, attr) == value and f.__dict__[("shape" if attr == "colour" else "colour")] ==
-                 getattr(t_spec.objects[k], "shape" if attr == "colour" else "colour") for f in o_found)
+    kept = iou(src_other.mask, out_other.mask) if out_other is not None else 0.0
+    keep = "shape" if attr == "colour" else "colour"
+    edited = any(getattr(f, attr) == value and getattr(f, keep) == getattr(t_spec.objects[k], keep) for f in o_found)
     return {"edited": float(edited), "kept_iou": float(kept), "background": float(o_bg == s_bg)}
 
 
@@ -65,19 +68,20 @@ def main():
     for seed in range(args.seeds):
         source, target, k, attr, value = SWAPS[seed % len(SWAPS)]
         src, rep = pipe.edit(source, target, seed=seed, **kw)
+        if swap_scores(src, src, source, target, k, attr, value) is None:
+            continue  # the source picture is wrong: nothing to edit
         plain = pipe.generate([target], seed=seed, **kw)[0]
         blend = sorted({shapes.parse(target).objects[k].shape, shapes.parse(source).objects[k].shape})
         _, blended = pipe.edit(source, target, seed=seed, blend=blend, **kw)
         for name, img in (("Replace", rep), ("plain target", plain), ("Replace + LocalBlend", blended)):
             rows[name].append(swap_scores(src, img, source, target, k, attr, value))
         _, s_found = shapes.analyse(np.asarray(src))
-        s_obj = find(s_found, shapes.parse(source).objects[k])
-        if s_obj is not None:
-            keep = ~s_obj.mask
-            for name, img in (("Replace", rep), ("Replace + LocalBlend", blended)):
-                d = np.abs(np.asarray(img, float) - np.asarray(src, float))[keep].mean()
-                outside[name].append(d)
-    print(f"word swaps over {args.seeds} seeds ({args.steps} DDIM steps, guidance 7.5)")
+        keep = ~find(s_found, shapes.parse(source).objects[k]).mask
+        for name, img in (("Replace", rep), ("Replace + LocalBlend", blended)):
+            outside[name].append(np.abs(np.asarray(img, float) - np.asarray(src, float))[keep].mean())
+    n = len(rows["Replace"])
+    print(f"word swaps: {n} of {args.seeds} seeds whose source image shows its prompt ({args.steps} DDIM steps, "
+          f"guidance 7.5)")
     print("| method | edited object takes the new attribute | other object's mask IoU (mean) | IoU >= 0.9 | background kept |")
     print("| --- | --- | --- | --- | --- |")
     for name, r in rows.items():
