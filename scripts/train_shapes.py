@@ -243,8 +243,9 @@ def main():
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--pad-drop", type=float, default=0.5,
                    help="unet: how often the end and padding tokens are replaced by the empty prompt's")
-    p.add_argument("--anneal", type=float, default=0, help="unet: decay lr linearly to 5%% over the last N minutes")
-    p.add_argument("--scenes", type=int, default=40000, help="scenes to encode for the UNet phase")
+    p.add_argument("--anneal", type=float, default=0, help="unet: decay lr linearly to 5%% over the last N minutes (wall clock: such runs are "
+                   "not repeatable bit for bit)")
+    p.add_argument("--scenes", type=int, default=40000, help="scenes to encode for the UNet phase (the VAE trains on 10x, at most 20,000)")
     p.add_argument("--decoder-only", action="store_true", help="vae: train only the decoder (latents stay valid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
