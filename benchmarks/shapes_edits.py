@@ -38,20 +38,32 @@ def find(found, obj):
     return None
 
 
-def swap_scores(src_img, out_img, source, target, k, attr, value):
-    """-> dict: edited (new attribute shown), kept_iou (other object's mask IoU), background kept; None when the
-    source image itself does not show its prompt (an edit of a wrong picture measures nothing)."""
+def swap_edit(pipe, seed, **kw):
+    """Word swap SWAPS[seed % 4] from `seed` -> None if the source image does not show its prompt (an edit of a
+    wrong picture measures nothing), else {method: scores}: edited (the new attribute shown), kept_iou (the other
+    object's mask IoU with the source's), background (kept) and, for the edits, outside (mean abs pixel change,
+    0-255, outside the edited object)."""
+    source, target, k, attr, value = SWAPS[seed % len(SWAPS)]
     s_spec, t_spec = shapes.parse(source), shapes.parse(target)
-    s_bg, s_found = shapes.analyse(np.asarray(src_img))
+    src, rep = pipe.edit(source, target, seed=seed, **kw)
+    s_bg, s_found = shapes.analyse(np.asarray(src))
     if not shapes.matches(s_spec, s_bg, s_found)["all"]:
         return None
-    o_bg, o_found = shapes.analyse(np.asarray(out_img))
-    other = t_spec.objects[1 - k]
-    src_other, out_other = find(s_found, other), find(o_found, other)
-    kept = iou(src_other.mask, out_other.mask) if out_other is not None else 0.0
+    plain = pipe.generate([target], seed=seed, **kw)[0]
+    _, blended = pipe.edit(source, target, seed=seed, blend=sorted({t_spec.objects[k].shape, s_spec.objects[k].shape}),
+                           **kw)
+    src_other, outside = find(s_found, t_spec.objects[1 - k]), ~find(s_found, s_spec.objects[k]).mask
     keep = "shape" if attr == "colour" else "colour"
-    edited = any(getattr(f, attr) == value and getattr(f, keep) == getattr(t_spec.objects[k], keep) for f in o_found)
-    return {"edited": float(edited), "kept_iou": float(kept), "background": float(o_bg == s_bg)}
+    rows = {}
+    for name, img in (("Replace", rep), ("plain target", plain), ("Replace + LocalBlend", blended)):
+        o_bg, o_found = shapes.analyse(np.asarray(img))
+        out_other = find(o_found, t_spec.objects[1 - k])
+        rows[name] = {"edited": float(any(getattr(f, attr) == value and getattr(f, keep) == getattr(t_spec.objects[k], keep)
+                                          for f in o_found)),
+                      "kept_iou": float(iou(src_other.mask, out_other.mask)) if out_other is not None else 0.0,
+                      "background": float(o_bg == s_bg),
+                      "outside": float(np.abs(np.asarray(img, float) - np.asarray(src, float))[outside].mean())}
+    return rows
 
 
 def main():
@@ -64,21 +76,10 @@ def main():
     kw = dict(steps=args.steps, progress=False)
 
     rows = {"Replace": [], "plain target": [], "Replace + LocalBlend": []}
-    outside = {"Replace": [], "Replace + LocalBlend": []}
     for seed in range(args.seeds):
-        source, target, k, attr, value = SWAPS[seed % len(SWAPS)]
-        src, rep = pipe.edit(source, target, seed=seed, **kw)
-        if swap_scores(src, src, source, target, k, attr, value) is None:
-            continue  # the source picture is wrong: nothing to edit
-        plain = pipe.generate([target], seed=seed, **kw)[0]
-        blend = sorted({shapes.parse(target).objects[k].shape, shapes.parse(source).objects[k].shape})
-        _, blended = pipe.edit(source, target, seed=seed, blend=blend, **kw)
-        for name, img in (("Replace", rep), ("plain target", plain), ("Replace + LocalBlend", blended)):
-            rows[name].append(swap_scores(src, img, source, target, k, attr, value))
-        _, s_found = shapes.analyse(np.asarray(src))
-        keep = ~find(s_found, shapes.parse(source).objects[k]).mask
-        for name, img in (("Replace", rep), ("Replace + LocalBlend", blended)):
-            outside[name].append(np.abs(np.asarray(img, float) - np.asarray(src, float))[keep].mean())
+        scores = swap_edit(pipe, seed, **kw)
+        for name, r in (scores or {}).items():
+            rows[name].append(r)
     n = len(rows["Replace"])
     print(f"word swaps: {n} of {args.seeds} seeds whose source image shows its prompt ({args.steps} DDIM steps, "
           f"guidance 7.5)")
@@ -90,7 +91,7 @@ def main():
         print(f"| {name} | {100 * e:.0f}% | {np.mean(ious):.2f} | {100 * np.mean(np.array(ious) >= 0.9):.0f}% | "
               f"{100 * np.mean([x['background'] for x in r]):.0f}% |")
     print("mean abs pixel change outside the edited object (0-255): " +
-          ", ".join(f"{k} {np.mean(v):.1f}" for k, v in outside.items()))
+          ", ".join(f"{k} {np.mean([x['outside'] for x in rows[k]]):.1f}" for k in ("Replace", "Replace + LocalBlend")))
 
     print("\nReweight of the colour word in 'a red circle on a white background' (source: the same prompt)")
     print("| scale of 'red' | object is red |\n| --- | --- |")
