@@ -1,12 +1,12 @@
 """What Prompt-to-Prompt edits do on the shapes model, measured with the analyser over many seeds.
 
-    python benchmarks/shapes_edits.py [--seeds 50] [--steps 50]
+    python benchmarks/shapes_edits.py [--seeds 50] [--reweight-seeds 12] [--steps 50]
 
 - Word swap (Replace) of one object's shape or colour: does the edited object take the new attribute, does the
   other object keep its mask (IoU with the source's) and the background stay? Against plain same-seed
   generation of the target prompt. Seeds whose source image does not show its prompt are left out (and counted).
 - LocalBlend: pixel change outside the edited object, with and without blending.
-- Reweight: how often the object shows the colour word, across attention scales of that word.
+- Reweight: what is left of what a word names (an object, the background) as that word's attention is scaled.
 """
 import argparse
 import sys
@@ -24,6 +24,23 @@ SWAPS = [  # (source, target, index of the edited object, attribute, new value)
     ("a blue triangle and an orange circle on a gray background", "a blue square and an orange circle on a gray background", 0, "shape", "square"),
     ("a green square and a red triangle on a white background", "a green square and a blue triangle on a white background", 1, "colour", "blue"),
 ]
+
+REWEIGHT_PROMPT = "a red circle and a blue square on a white background"
+REWEIGHT_CHECKS = {  # what the analyser must find, for each word of the prompt that names something
+    "blue square": lambda bg, found: any((f.colour, f.shape) == ("blue", "square") for f in found),
+    "red circle": lambda bg, found: any((f.colour, f.shape) == ("red", "circle") for f in found),
+    "white background": lambda bg, found: bg == "white",
+}
+
+
+def reweight_shown(pipe, word, scale, seeds, **kw):
+    """Reweight `word` of REWEIGHT_PROMPT by `scale` -> {check: fraction of seeds whose edited image passes it}."""
+    rows = []
+    for seed in seeds:
+        _, img = pipe.edit(REWEIGHT_PROMPT, REWEIGHT_PROMPT, kind="reweight", reweight={word: scale}, seed=seed, **kw)
+        bg, found = shapes.analyse(np.asarray(img))
+        rows.append([check(bg, found) for check in REWEIGHT_CHECKS.values()])
+    return dict(zip(REWEIGHT_CHECKS, np.mean(rows, axis=0)))
 
 
 def iou(a, b):
@@ -70,6 +87,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--weights")
     p.add_argument("--seeds", type=int, default=50)
+    p.add_argument("--reweight-seeds", type=int, default=12)
     p.add_argument("--steps", type=int, default=50)
     args = p.parse_args()
     pipe = minip2p.load(args.weights)
@@ -93,16 +111,14 @@ def main():
     print("mean abs pixel change outside the edited object (0-255): " +
           ", ".join(f"{k} {np.mean([x['outside'] for x in rows[k]]):.1f}" for k in ("Replace", "Replace + LocalBlend")))
 
-    print("\nReweight of the colour word in 'a red circle on a white background' (source: the same prompt)")
-    print("| scale of 'red' | object is red |\n| --- | --- |")
-    prompt = "a red circle on a white background"
-    for scale in (-2.0, 0.0, 0.5, 1.0, 2.0, 4.0):
-        red = []
-        for seed in range(args.seeds):
-            _, img = pipe.edit(prompt, prompt, kind="reweight", reweight={"red": scale}, seed=seed, **kw)
-            _, found = shapes.analyse(np.asarray(img))
-            red.append(float(any(f.colour == "red" for f in found)))
-        print(f"| {scale} | {100 * np.mean(red):.0f}% |")
+    print(f"\nReweight of one word of '{REWEIGHT_PROMPT}' (source: that prompt, same seed), {args.reweight_seeds} seeds:"
+          " how often the analyser still finds what each word names")
+    print(f"| word | scale | {' | '.join(REWEIGHT_CHECKS)} |")
+    print("| --- | --- |" + " --- |" * len(REWEIGHT_CHECKS))
+    for word in ("square", "white"):
+        for scale in (-4.0, -2.0, 1.0, 4.0):
+            shown = reweight_shown(pipe, word, scale, range(args.reweight_seeds), **kw)
+            print(f"| {word} | {scale} | " + " | ".join(f"{100 * v:.0f}%" for v in shown.values()) + " |")
 
 
 if __name__ == "__main__":
