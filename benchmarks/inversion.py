@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,7 +41,6 @@ def shapes_model(args):
     vae = []
     for _ in range(args.scenes):
         img, full, _ = shapes.render(shapes.sample_spec(rng, 0.0), rng)
-        from PIL import Image
         image, prompt = Image.fromarray(img), full.prompt()
         vae.append(psnr(minip2p.pipeline.to_pil(pipe.decode(pipe.encode(image)))[0], img))
         for m in METHODS:
@@ -55,24 +55,47 @@ def shapes_model(args):
         print(f"| {m} | {np.mean(scores[m]):.2f} dB | {np.mean([c[0] for c in cost[m]]):.1f} s | "
               f"{max(c[1] for c in cost[m]):.0f} MiB |")
 
-    changed, rest = [], []
+    changed, rest, rim = [], [], []
     for k in range(args.scenes):
-        rng = np.random.default_rng(1000 + k)
-        spec = shapes.Spec([shapes.Obj("red", "circle"), shapes.Obj(None, None)], None)
-        img, full, masks = shapes.render(spec, rng)
-        source = full.prompt()
-        target = source.replace("a red circle", "a blue circle", 1)
+        img, source, target, circle = colour_edit_scene(k)
         inv = pipe.invert(Image.fromarray(img), source, method="null-text", steps=args.steps, progress=False)
-        ctrl = Replace([source, target], pipe.tokenizer, local_blend=LocalBlend(["circle", "circle"]))
-        _, edited = pipe.generate([source, target], inversion=inv, controller=ctrl, progress=False)
+        _, edited = pipe.generate([source, target], inversion=inv, controller=inverted_edit(pipe, source, target),
+                                  progress=False)
         bg, found = shapes.analyse(np.asarray(edited))
-        changed.append(any(f.shape == "circle" and f.colour == "blue" and (f.mask & masks[0]).sum() > 0.5 * masks[0].sum()
+        changed.append(any(f.shape == "circle" and f.colour == "blue" and (f.mask & circle).sum() > 0.5 * circle.sum()
                            for f in found))
-        rest.append(psnr(edited, img, ~masks[0]))
-    print(f"\nedit after null-text inversion, 'a red circle ...' -> 'a blue circle ...' with LocalBlend, "
-          f"{args.scenes} scenes: circle turned blue in {100 * np.mean(changed):.0f}%, "
-          f"PSNR outside it {np.mean(rest):.2f} dB (>= 25 dB in {100 * np.mean(np.array(rest) >= 25):.0f}%)")
+        rest.append(psnr(edited, img, away_from(circle)))
+        rim.append(psnr(edited, img, ~circle))
+    print(f"\nedit after null-text inversion, 'a red circle ...' -> 'a blue circle ...' (Replace, self-attention at "
+          f"every size for 0.8 of the steps, LocalBlend on 'circle'), {args.scenes} scenes: circle turned blue in "
+          f"{100 * np.mean(changed):.0f}%; PSNR of the rest (pixels over 2 px from the circle) {np.mean(rest):.2f} dB "
+          f"(>= 25 dB in {100 * np.mean(np.array(rest) >= 25):.0f}%, min {min(rest):.2f}); everything but the circle, "
+          f"its redrawn rim included: {np.mean(rim):.2f} dB")
 
+
+def colour_edit_scene(k):
+    """Rendered scene k with a red circle and one other object -> (pixels, source prompt, target prompt with the
+    circle blue, the circle's mask)."""
+    rng = np.random.default_rng(1000 + k)
+    img, full, masks = shapes.render(shapes.Spec([shapes.Obj("red", "circle"), shapes.Obj(None, None)], None), rng)
+    source = full.prompt()
+    return img, source, source.replace("a red circle", "a blue circle", 1), masks[0]
+
+
+def inverted_edit(pipe, source, target):
+    """The edit for an inverted image. Its inverted noise is far from the model's Gaussian (std ~0.4 on this model:
+    DDIM inversion of a flat render predicts little noise), so the target strays unless it keeps the source's
+    self-attention longer and at every size (measured on 4 scenes: rest 29.1 dB, min 27.2, vs 26.6, min 20.4
+    with the defaults 0.4 and up to 1/4 of the latent; negative-prompt inversion)."""
+    return Replace([source, target], pipe.tokenizer, self_replace_steps=0.8, self_max_fraction=1.0,
+                   local_blend=LocalBlend(["circle", "circle"]))
+
+
+def away_from(mask, px=2):
+    """Pixels more than `px` from `mask`: the edited object's outline is redrawn, so its rim is neither the other
+    object nor the background."""
+    grown = torch.nn.functional.max_pool2d(torch.from_numpy(mask).float()[None, None], 2 * px + 1, 1, px)
+    return grown[0, 0].numpy() == 0
 
 def full_sd1(args):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
