@@ -85,13 +85,16 @@ def cmd_edit(args):
     out = check_out(args.out)
     reweight = parse_reweight(args.reweight)
     pipe = minip2p.load(args.weights, device=args.device)
+    prompts = [args.prompt, args.to]
+    controller = pipe.edit_controller(*prompts, kind=args.kind, cross_replace_steps=args.cross,
+                                      self_replace_steps=args.self_, blend=args.blend, reweight=reweight or None,
+                                      self_max_fraction=args.self_size)  # every word checked before any sampling
     inversion = None
     if args.image:
         inversion = pipe.invert(args.image, args.prompt, method=args.invert, steps=args.steps,
                                 guidance_scale=args.guidance)
-    images = pipe.edit(args.prompt, args.to, kind=args.kind, seed=args.seed, cross_replace_steps=args.cross,
-                       self_replace_steps=args.self_, blend=args.blend, reweight=reweight or None, steps=args.steps,
-                       guidance_scale=args.guidance, inversion=inversion)
+    images = pipe.generate(prompts, seed=args.seed, controller=controller, steps=args.steps,
+                           guidance_scale=args.guidance, inversion=inversion)
     if args.image:
         from .inversion import load_image
         images = [load_image(args.image, pipe.config.image_size)] + images
@@ -150,6 +153,9 @@ def main(argv=None):
     e.add_argument("--reweight", nargs="+", metavar="WORD=SCALE", help="scale a word's attention, e.g. red=2")
     e.add_argument("--cross", type=float, default=0.8, help="cross_replace_steps (fraction of the steps)")
     e.add_argument("--self", dest="self_", type=float, default=0.4, help="self_replace_steps")
+    e.add_argument("--self-size", type=float, default=0.25,
+                   help="self-attention is replaced at maps up to this fraction of the latent size (1: every size; "
+                        "with --image, --self 0.8 --self-size 1 hold the structure better)")
     e.add_argument("--image", help="edit this image (it is inverted first; --prompt must describe it)")
     e.add_argument("--invert", choices=["null-text", "negative-prompt", "ddim"], default="null-text",
                    help="inversion method for --image")

@@ -130,6 +130,9 @@ class LocalBlend:
     def __init__(self, words, threshold=0.3, start_blend=0.2, subtract=None, mask=None, res_fraction=0.25):
         self.words, self.subtract, self.threshold, self.start_blend = words, subtract, threshold, start_blend
         self.user_mask, self.res_fraction = mask, res_fraction
+        if not 0 < res_fraction <= 1:
+            raise ValueError(f"LocalBlend res_fraction is the map size as a fraction of the latent size, in (0, 1], "
+                             f"not {res_fraction!r}")
 
     def bind(self, prompts, tokenizer, steps, latent_hw, device):
         def layers(words):
@@ -197,6 +200,10 @@ class Edit(Controller):
         self.local_blend, self.store, self.self_max_fraction = local_blend, store, self_max_fraction
         # every word, window and token map is checked now, before any sampling
         step_window(self_replace_steps, 1, "self_replace_steps")
+        if not 0 < self_max_fraction <= 1:
+            raise ValueError(f"self_max_fraction is the largest self-attention map replaced, as a fraction of the "
+                             f"latent size, in (0, 1] (0.25: 16x16 of a 64x64 latent; 1: every size), not "
+                             f"{self_max_fraction!r}")
         cross_alphas(self.prompts, tokenizer, 1, cross_replace_steps)
         if local_blend is not None:
             local_blend.bind(self.prompts, tokenizer, 1, (1, 1), None)

@@ -184,15 +184,25 @@ class Pipeline:
         return invert(self, image, prompt, method, steps, guidance_scale, **kw)
 
     def edit(self, source_prompt, target_prompt, kind=None, seed=None, cross_replace_steps=0.8,
-             self_replace_steps=0.4, blend=None, reweight=None, store=None, **generate_kwargs):
+             self_replace_steps=0.4, blend=None, reweight=None, store=None, self_max_fraction=0.25,
+             **generate_kwargs):
         """Prompt-to-Prompt in one call -> [source image, edited image] from the same noise.
 
         kind: "replace" (word swap, same word count), "refine" (words added or removed) or "reweight" (target
         prompt's attention scaled by `reweight`, {word: scale}); by default replace for equal word counts,
         refine otherwise, reweight for identical prompts with `reweight`. `reweight` with another kind chains.
         blend: words whose region the edit is confined to (LocalBlend); each is looked up in both prompts.
-        Defaults are the paper notebook's: cross_replace_steps 0.8, self_replace_steps 0.4.
+        Defaults are the paper notebook's: cross_replace_steps 0.8, self_replace_steps 0.4, self-attention replaced
+        up to self_max_fraction 1/4 of the latent size (after an inversion, 0.8 and 1.0 hold the structure better).
         """
+        controller = self.edit_controller(source_prompt, target_prompt, kind, cross_replace_steps, self_replace_steps,
+                                          blend, reweight, store, self_max_fraction)
+        return self.generate([source_prompt, target_prompt], seed=seed, controller=controller, **generate_kwargs)
+
+    def edit_controller(self, source_prompt, target_prompt, kind=None, cross_replace_steps=0.8,
+                        self_replace_steps=0.4, blend=None, reweight=None, store=None, self_max_fraction=0.25):
+        """The controller `edit` runs (see there); building it checks every word and setting, so a caller about to
+        do slow work first (an inversion) can fail before it."""
         from .align import clean
         from .p2p import LocalBlend, Refine, Replace, Reweight, reweight_scales
         prompts = [source_prompt, target_prompt]
@@ -204,7 +214,7 @@ class Pipeline:
                 raise ValueError(f"blend word(s) {missing} are in neither prompt: {prompts}")
             local_blend = LocalBlend([ws or [0] for ws in per_prompt])
         kw = dict(cross_replace_steps=cross_replace_steps, self_replace_steps=self_replace_steps,
-                  local_blend=local_blend, store=store)
+                  self_max_fraction=self_max_fraction, local_blend=local_blend, store=store)
         kind = kind or default_edit_kind(source_prompt, target_prompt, reweight)
         kinds = {"replace": Replace, "refine": Refine}
         if kind not in (*kinds, "reweight"):
@@ -215,4 +225,4 @@ class Pipeline:
         if reweight:
             scales = reweight_scales(target_prompt, list(reweight), list(reweight.values()), self.tokenizer)
             controller = Reweight(prompts, self.tokenizer, scales, base=controller, **kw)
-        return self.generate(prompts, seed=seed, controller=controller, **generate_kwargs)
+        return controller

@@ -46,6 +46,10 @@ def test_bad_edits_fail_before_any_work():
         Replace(P, tok, cross_replace_steps=(0.5, 0.1))
     with pytest.raises(ValueError, match="at least one target"):
         Replace(P[:1], tok)
+    with pytest.raises(ValueError, match="self_max_fraction .* in \\(0, 1\\]"):
+        Replace(P, tok, self_max_fraction=0)
+    with pytest.raises(ValueError, match="res_fraction .* in \\(0, 1\\]"):
+        LocalBlend(["circle", "square"], res_fraction=2)
 
 
 def test_local_blend_mask_from_synthetic_maps():
@@ -154,6 +158,10 @@ def test_map_resolution_follows_the_latent_but_stays_at_least_8x8():
     e.begin_step(0)
     assert e.wants(Place("input_blocks.4.1.transformer_blocks.0.attn1", "down", False, 2, 4))      # 8x8: replaced
     assert not e.wants(Place("input_blocks.1.1.transformer_blocks.0.attn1", "down", False, 1, 4))  # 16x16: not
+    every = Replace(P, tok, self_max_fraction=1.0)
+    every.start(10, (16, 16))
+    every.begin_step(0)
+    assert every.wants(Place("input_blocks.1.1.transformer_blocks.0.attn1", "down", False, 1, 4))  # 16x16 too
     lb = LocalBlend(["circle", "square"])
     lb.bind(P, tok, 10, (16, 16), None)
     assert lb.wants(Place("input_blocks.4.1.transformer_blocks.0.attn2", "down", True, 2, 4))

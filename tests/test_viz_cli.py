@@ -72,6 +72,13 @@ def test_cli_edit_bad_input(small_ckpt, tmp_path):
     r = cli("edit", "--weights", w, "--prompt", "a red circle", "--to", "a red circle", "--reweight", "red",
             cwd=tmp_path)
     assert r.returncode != 0 and "write WORD=SCALE" in r.stderr
+    r = cli("edit", "--weights", w, "--prompt", "a red circle", "--to", "a blue circle", "--self-size", "0",
+            cwd=tmp_path)
+    assert r.returncode != 0 and "self_max_fraction" in r.stderr
+    # the edit's words are checked before the (slow) inversion of --image: here before the image is even read
+    r = cli("edit", "--weights", w, "--image", str(tmp_path / "missing.png"), "--prompt", "a red circle",
+            "--to", "a blue circle", "--blend", "dog", cwd=tmp_path)
+    assert r.returncode != 0 and "blend word(s) ['dog']" in r.stderr, r.stderr
     assert not (tmp_path / "edit.png").exists()
 
 
