@@ -1,6 +1,5 @@
 """Command line: `python -m minip2p generate|demo ...` (also installed as `minip2p`)."""
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -33,8 +32,8 @@ DEMO = [  # (label, source, target, edit arguments): Prompt-to-Prompt on the sha
      "a red triangle and a blue square on a white background", {}),
     ("Replace + LocalBlend: red -> green", "a red circle and a blue square on a white background",
      "a green circle and a blue square on a white background", {"blend": ["circle"]}),
-    ("Reweight: square x3", "a red circle and a blue square on a white background",
-     "a red circle and a blue square on a white background", {"kind": "reweight", "reweight": {"square": 3.0}}),
+    ("Reweight: square x-4", "a red circle and a blue square on a white background",
+     "a red circle and a blue square on a white background", {"kind": "reweight", "reweight": {"square": -4.0}}),
     ("Refine: + yellow", "a circle on a black background", "a yellow circle on a black background",
      {"kind": "refine"}),
 ]
@@ -42,26 +41,17 @@ DEMO = [  # (label, source, target, edit arguments): Prompt-to-Prompt on the sha
 
 def cmd_demo(args):
     import minip2p
-    from minip2p.checkpoint import BUNDLED
     out = check_out(args.out)
-    if BUNDLED.exists():
-        pipe, note = minip2p.load(None), ""
-    else:
-        from minip2p.demo_model import random_pipeline
-        print(f"note: the bundled shapes-world model ({BUNDLED}) is not in this checkout yet, so the demo runs the "
-              f"whole pipeline, edits included, on a small random-weight model of the same architecture: the "
-              f"images are patterns, not pictures. Pass a real checkpoint to `minip2p edit --weights PATH`.",
-              file=sys.stderr)
-        pipe, note = random_pipeline(), " (random weights)"
+    pipe = minip2p.load()  # the bundled shapes-world model
     images, captions, shown = [], [], set()
     for label, source, target, kw in DEMO:
         src, edited = pipe.edit(source, target, seed=args.seed, steps=args.steps, progress=False, **kw)
         if source not in shown:
             shown.add(source)
             images.append(src)
-            captions.append(f"source: {source}{note}")
+            captions.append(f"source: {source}")
         images.append(edited)
-        captions.append(f"{label}{note}")
+        captions.append(label)
     image_grid(images, captions, min_size=384, columns=len(images)).save(out)
     print(f"wrote {out.resolve()}: {len(DEMO)} Prompt-to-Prompt edits of {len(shown)} source images")
 
