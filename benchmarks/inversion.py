@@ -61,9 +61,7 @@ def shapes_model(args):
         inv = pipe.invert(Image.fromarray(img), source, method="null-text", steps=args.steps, progress=False)
         _, edited = pipe.generate([source, target], inversion=inv, controller=inverted_edit(pipe, source, target),
                                   progress=False)
-        bg, found = shapes.analyse(np.asarray(edited))
-        changed.append(any(f.shape == "circle" and f.colour == "blue" and (f.mask & circle).sum() > 0.5 * circle.sum()
-                           for f in found))
+        changed.append(turned_blue(edited, circle))
         rest.append(psnr(edited, img, away_from(circle)))
         rim.append(psnr(edited, img, ~circle))
     print(f"\nedit after null-text inversion, 'a red circle ...' -> 'a blue circle ...' (Replace, self-attention at "
@@ -82,6 +80,13 @@ def colour_edit_scene(k):
     return img, source, source.replace("a red circle", "a blue circle", 1), masks[0]
 
 
+def turned_blue(edited, circle):
+    """Does the edited image show a blue circle over most of the source's circle?"""
+    _, found = shapes.analyse(np.asarray(edited))
+    return any(f.shape == "circle" and f.colour == "blue" and (f.mask & circle).sum() > 0.5 * circle.sum()
+               for f in found)
+
+
 def inverted_edit(pipe, source, target):
     """The edit for an inverted image. Its inverted noise is far from the model's Gaussian (std ~0.4 on this model:
     DDIM inversion of a flat render predicts little noise), so the target strays unless it keeps the source's
@@ -96,6 +101,7 @@ def away_from(mask, px=2):
     object nor the background."""
     grown = torch.nn.functional.max_pool2d(torch.from_numpy(mask).float()[None, None], 2 * px + 1, 1, px)
     return grown[0, 0].numpy() == 0
+
 
 def full_sd1(args):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
