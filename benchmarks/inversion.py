@@ -72,10 +72,11 @@ def shapes_model(args):
 
 
 def colour_edit_scene(k):
-    """Rendered scene k with a red circle and one other object -> (pixels, source prompt, target prompt with the
-    circle blue, the circle's mask)."""
+    """Rendered scene k with a red circle and a square or triangle -> (pixels, source prompt, target prompt with the
+    circle blue, the circle's mask). The other object is not a circle, so the word "circle" names one object."""
     rng = np.random.default_rng(1000 + k)
-    img, full, masks = shapes.render(shapes.Spec([shapes.Obj("red", "circle"), shapes.Obj(None, None)], None), rng)
+    other = shapes.Obj(None, ("triangle", "square")[k % 2])
+    img, full, masks = shapes.render(shapes.Spec([shapes.Obj("red", "circle"), other], None), rng)
     source = full.prompt()
     return img, source, source.replace("a red circle", "a blue circle", 1), masks[0]
 

@@ -18,11 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import minip2p  # noqa: E402
 from minip2p import shapes  # noqa: E402
 
-SWAPS = [  # (source, target, index of the edited object, attribute, new value)
-    ("a red circle and a blue square on a white background", "a red triangle and a blue square on a white background", 0, "shape", "triangle"),
-    ("a yellow square and a green circle on a black background", "a yellow square and a purple circle on a black background", 1, "colour", "purple"),
-    ("a blue triangle and an orange circle on a gray background", "a blue square and an orange circle on a gray background", 0, "shape", "square"),
-    ("a green square and a red triangle on a white background", "a green square and a blue triangle on a white background", 1, "colour", "blue"),
+SWAPS = [  # (source, target, index of the edited object): two shape swaps, two colour swaps
+    ("a red circle and a blue square on a white background", "a red triangle and a blue square on a white background", 0),
+    ("a yellow square and a green circle on a black background", "a yellow square and a purple circle on a black background", 1),
+    ("a blue triangle and an orange circle on a gray background", "a blue square and an orange circle on a gray background", 0),
+    ("a green square and a red triangle on a white background", "a green square and a blue triangle on a white background", 1),
 ]
 
 REWEIGHT_PROMPT = "a red circle and a blue square on a white background"
@@ -55,12 +55,18 @@ def find(found, obj):
     return None
 
 
+def centre(mask):
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.mean(), ys.mean()])
+
+
 def swap_edit(pipe, seed, **kw):
     """Word swap SWAPS[seed % 4] from `seed` -> None if the source image does not show its prompt (an edit of a
     wrong picture measures nothing), else {method: scores}: edited (the new attribute shown), kept_iou (the other
-    object's mask IoU with the source's), background (kept) and, for the edits, outside (mean abs pixel change,
-    0-255, outside the edited object)."""
-    source, target, k, attr, value = SWAPS[seed % len(SWAPS)]
+    object's mask IoU with the source's), moved (how far, in px, the edited object's centre is from where it was;
+    NaN if it is not found), background (kept) and outside (mean abs pixel change, 0-255, outside the edited
+    object)."""
+    source, target, k = SWAPS[seed % len(SWAPS)]
     s_spec, t_spec = shapes.parse(source), shapes.parse(target)
     src, rep = pipe.edit(source, target, seed=seed, **kw)
     s_bg, s_found = shapes.analyse(np.asarray(src))
@@ -69,14 +75,16 @@ def swap_edit(pipe, seed, **kw):
     plain = pipe.generate([target], seed=seed, **kw)[0]
     _, blended = pipe.edit(source, target, seed=seed, blend=sorted({t_spec.objects[k].shape, s_spec.objects[k].shape}),
                            **kw)
-    src_other, outside = find(s_found, t_spec.objects[1 - k]), ~find(s_found, s_spec.objects[k]).mask
-    keep = "shape" if attr == "colour" else "colour"
+    src_other, src_edited = find(s_found, t_spec.objects[1 - k]), find(s_found, s_spec.objects[k])
+    outside = ~src_edited.mask
     rows = {}
     for name, img in (("Replace", rep), ("plain target", plain), ("Replace + LocalBlend", blended)):
         o_bg, o_found = shapes.analyse(np.asarray(img))
         out_other = find(o_found, t_spec.objects[1 - k])
-        rows[name] = {"edited": float(any(getattr(f, attr) == value and getattr(f, keep) == getattr(t_spec.objects[k], keep)
-                                          for f in o_found)),
+        out_edited = find(o_found, t_spec.objects[k])
+        rows[name] = {"edited": float(out_edited is not None),
+                      "moved": float(np.linalg.norm(centre(out_edited.mask) - centre(src_edited.mask)))
+                      if out_edited is not None else float("nan"),
                       "kept_iou": float(iou(src_other.mask, out_other.mask)) if out_other is not None else 0.0,
                       "background": float(o_bg == s_bg),
                       "outside": float(np.abs(np.asarray(img, float) - np.asarray(src, float))[outside].mean())}
@@ -101,15 +109,14 @@ def main():
     n = len(rows["Replace"])
     print(f"word swaps: {n} of {args.seeds} seeds whose source image shows its prompt ({args.steps} DDIM steps, "
           f"guidance 7.5)")
-    print("| method | edited object takes the new attribute | other object's mask IoU (mean) | IoU >= 0.9 | background kept |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| method | edited object takes the new attribute | its centre moved (px, median) | other object's mask "
+          "IoU (mean) | IoU >= 0.9 | background kept | pixel change outside the edited object (0-255) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, r in rows.items():
-        e = np.mean([x["edited"] for x in r])
-        ious = [x["kept_iou"] for x in r]
-        print(f"| {name} | {100 * e:.0f}% | {np.mean(ious):.2f} | {100 * np.mean(np.array(ious) >= 0.9):.0f}% | "
-              f"{100 * np.mean([x['background'] for x in r]):.0f}% |")
-    print("mean abs pixel change outside the edited object (0-255): " +
-          ", ".join(f"{k} {np.mean([x['outside'] for x in rows[k]]):.1f}" for k in ("Replace", "Replace + LocalBlend")))
+        ious = np.array([x["kept_iou"] for x in r])
+        print(f"| {name} | {100 * np.mean([x['edited'] for x in r]):.0f}% | "
+              f"{np.nanmedian([x['moved'] for x in r]):.1f} | {ious.mean():.2f} | {100 * np.mean(ious >= 0.9):.0f}% | "
+              f"{100 * np.mean([x['background'] for x in r]):.0f}% | {np.mean([x['outside'] for x in r]):.1f} |")
 
     print(f"\nReweight of one word of '{REWEIGHT_PROMPT}' (source: that prompt, same seed), {args.reweight_seeds} seeds:"
           " how often the analyser still finds what each word names")
