@@ -35,13 +35,11 @@ def psnr(a, b, mask=None):
 
 def shapes_model(args):
     pipe = minip2p.load(args.weights)
-    rng = np.random.default_rng(7)
     scores = {m: [] for m in METHODS}
     cost = {m: [] for m in METHODS}
     vae = []
-    for _ in range(args.scenes):
-        img, full, _ = shapes.render(shapes.sample_spec(rng, 0.0), rng)
-        image, prompt = Image.fromarray(img), full.prompt()
+    for img, prompt in rendered_scenes(args.scenes):
+        image = Image.fromarray(img)
         vae.append(psnr(minip2p.pipeline.to_pil(pipe.decode(pipe.encode(image)))[0], img))
         for m in METHODS:
             inv, dt, peak = measured(lambda: pipe.invert(image, prompt, method=m, steps=args.steps, progress=False))
@@ -74,6 +72,13 @@ def shapes_model(args):
         changed, rest, rim = (np.array(c, float) for c in zip(*rows))
         print(f"| {name} | {100 * changed.mean():.0f}% | {rest.mean():.2f} dB, {rest.min():.2f}, "
               f"{100 * np.mean(rest >= 25):.0f}% | {rim.mean():.2f} dB |")
+
+
+def rendered_scenes(n):
+    """The first n scenes to reconstruct -> [(pixels, full prompt)]: one or two objects, every attribute named."""
+    rng = np.random.default_rng(7)
+    return [(img, full.prompt()) for img, full, _ in (shapes.render(shapes.sample_spec(rng, 0.0), rng)
+                                                      for _ in range(n))]
 
 
 def colour_edit_scene(k):
