@@ -125,7 +125,8 @@ def invert(pipe, image, prompt, method="null-text", steps=50, guidance_scale=7.5
 def null_text_optimisation(pipe, ddim, trajectory, cond, null, guidance_scale, inner_steps, early_stop, progress):
     """Per step i, Adam on the null embedding (lr 1e-2 (1 - i/100)) until the guided step from the current latent
     lands on the inverted trajectory's next latent (loss < early_stop + i * 2e-5), at most inner_steps times.
-    The conditional prediction is computed once per step; no graph is kept across steps."""
+    The conditional prediction is computed once per step; no graph is kept across steps. In fp16/bf16 the
+    embedding and its Adam state stay fp32 (a fp16 Adam step divides by an underflowed second moment: NaN)."""
     nulls, x = [], trajectory[-1]
     bar = Progress(len(ddim.timesteps) * inner_steps, progress, "null-text optimisation")
     for i, t in enumerate(ddim.timesteps):
@@ -133,19 +134,19 @@ def null_text_optimisation(pipe, ddim, trajectory, cond, null, guidance_scale, i
         t = t.to(pipe.device)
         with torch.no_grad():
             out_cond = pipe.unet(x, t, cond)
-        null = null.detach().clone().requires_grad_(True)
+        null = null.detach().to(torch.float32, copy=True).requires_grad_(True)  # fp32: Adam in fp16 gives NaN
         opt = torch.optim.Adam([null], lr=1e-2 * (1.0 - i / 100.0))
         for _ in range(inner_steps):
-            out_uncond = pipe.unet(x, t, null)
+            out_uncond = pipe.unet(x, t, null.to(cond.dtype))
             out = out_uncond + guidance_scale * (out_cond - out_uncond)
-            loss = F.mse_loss(ddim.step(out, t, x), target)
+            loss = F.mse_loss(ddim.step(out, t, x).float(), target.float())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if loss.item() < early_stop + i * 2e-5:
                 break
         bar.update(inner_steps)
-        null = null.detach()
+        null = null.detach().to(cond.dtype)
         nulls.append(null[0])
         with torch.no_grad():
             out_uncond = pipe.unet(x, t, null)
