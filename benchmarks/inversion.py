@@ -1,13 +1,16 @@
 """Real-image inversion on the shapes model: reconstruction PSNR, time and memory per method; and an edit.
 
-    python benchmarks/inversion.py [--scenes 20] [--steps 50] [--full-sd1]
+    python benchmarks/inversion.py [--scenes 20] [--steps 50] [--full-sd1 [--sd1-steps 3 --sd1-inner 2]]
+    python benchmarks/inversion.py --scenes 0 --full-sd1 --sd1-steps 50 --sd1-inner 10 --device cuda --dtype float16,float32
 
 Rendered scenes (known ground truth) are inverted with their full prompt at guidance 7.5 and reconstructed;
 PSNR is against the input image, next to the VAE's own reconstruction (the ceiling). Then Replace + LocalBlend
 after null-text inversion changes one object's colour: how often it changes, and the PSNR of the rest.
---full-sd1 adds time and peak memory of each method on the full SD1 config (random weights, 512x512, 3 steps).
+--full-sd1 adds time and peak memory of each method, and of an edit from the inversion, on the full SD1 config
+(random weights, 512x512; on the CPU by default, or --device cuda --dtype float16).
 """
 import argparse
+import gc
 import math
 import sys
 from pathlib import Path
@@ -21,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import minip2p  # noqa: E402
 from minip2p import shapes  # noqa: E402
 from minip2p.p2p import LocalBlend, Replace  # noqa: E402
-from memory import measured  # noqa: E402
+from memory import measured, measured_on  # noqa: E402
 
 METHODS = ("ddim", "negative-prompt", "null-text")
 
@@ -116,28 +119,51 @@ def away_from(mask, px=2):
 
 
 def full_sd1(args):
+    """Time and peak memory of each method, and of an edit from the inversion, on the full SD1 config."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     import tempfile
     from helpers import write_checkpoint
     with tempfile.TemporaryDirectory() as d:
         write_checkpoint(Path(d) / "sd1.safetensors", minip2p.ModelConfig.sd1(), with_config=False)
-        pipe = minip2p.load(Path(d) / "sd1.safetensors")
-    image = torch.rand(1, 3, 512, 512) * 2 - 1
-    print("\nfull SD1 config (random weights), 512x512, 3 steps, 2 inner steps, CPU fp32")
+        for dtype in args.dtype.split(","):
+            pipe = minip2p.load(Path(d) / "sd1.safetensors", device=args.device, dtype=getattr(torch, dtype))
+            full_sd1_costs(pipe, args.sd1_steps, args.sd1_inner, dtype)
+            del pipe
+            gc.collect()
+
+
+def full_sd1_costs(pipe, steps, inner, dtype):
+    image = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    memory = "peak RSS" if pipe.device.type == "cpu" else "peak GPU memory allocated"
+    print(f"\nfull SD1 config (random weights), 512x512, {steps} steps, {inner} inner steps (random weights never "
+          f"stop early: every inner step runs), {pipe.device.type} {dtype}")
+    print(f"| method | time | {memory} |\n| --- | --- | --- |")
+    source, target = "a photo of a cat", "a photo of a dog"
     for m in METHODS:
-        _, dt, peak = measured(lambda: pipe.invert(image, "a photo of a cat", method=m, steps=3, inner_steps=2,
-                                                   progress=False))
-        print(f"  {m:16s} {dt:6.1f} s   peak RSS {peak:6.0f} MiB")
+        inv, dt, peak = measured_on(pipe.device, lambda: pipe.invert(image, source, method=m, steps=steps,
+                                                                     inner_steps=inner, progress=False))
+        assert torch.isfinite(inv.null_embeddings).all() and torch.isfinite(inv.latent).all(), m
+        print(f"| {m} | {dt:.1f} s | {peak:.0f} MiB |", flush=True)
+    edit = Replace([source, target], pipe.tokenizer, local_blend=LocalBlend(["cat", "dog"]))
+    _, dt, peak = measured_on(pipe.device, lambda: pipe.generate([source, target], inversion=inv, controller=edit,
+                                                                 progress=False))
+    print(f"| Replace + LocalBlend edit from the null-text inversion (2 images) | {dt:.1f} s | {peak:.0f} MiB |",
+          flush=True)
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--weights")
-    p.add_argument("--scenes", type=int, default=20)
+    p.add_argument("--scenes", type=int, default=20, help="shapes-model scenes (0: only --full-sd1)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--full-sd1", action="store_true")
+    p.add_argument("--sd1-steps", type=int, default=3, help="--full-sd1: DDIM steps")
+    p.add_argument("--sd1-inner", type=int, default=2, help="--full-sd1: null-text inner steps")
+    p.add_argument("--device", default="cpu", help="--full-sd1: device (cuda for GPU figures)")
+    p.add_argument("--dtype", default="float32", help="--full-sd1: float32, float16 or bfloat16, or several: float16,float32")
     args = p.parse_args()
-    shapes_model(args)
+    if args.scenes:
+        shapes_model(args)
     if args.full_sd1:
         full_sd1(args)
 

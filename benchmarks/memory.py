@@ -1,4 +1,5 @@
-"""Time and peak resident memory of one call, for the benchmarks (Linux: reads /proc/self/status)."""
+"""Time and peak memory of one call, for the benchmarks: resident memory on the CPU (Linux: reads
+/proc/self/status), allocated memory on a CUDA device."""
 import threading
 import time
 
@@ -24,3 +25,16 @@ def measured(fn):
     done.set()
     watcher.join()
     return out, seconds, peak[0]
+
+
+def measured_on(device, fn):
+    """-> (fn's result, seconds, peak MiB): peak RSS on the CPU, peak allocated GPU memory (torch) on CUDA."""
+    import torch
+    if torch.device(device).type != "cuda":
+        return measured(fn)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize(device)
+    return out, time.perf_counter() - t0, torch.cuda.max_memory_allocated(device) / 2 ** 20
