@@ -82,8 +82,9 @@ def test_null_text_reconstructs_near_the_vae_and_above_ddim(pipe):
 
 def test_colour_edit_after_null_text_inversion(pipe):
     """The circle turns blue and the rest keeps >= 25 dB against the input. The issue asks for >= 80% of scenes;
-    this model reaches 70% on the benchmark's first 10 scenes (the edited circle shrinks, drifts or takes the other
-    object's shape in the rest), so this pins that level on 3 scenes: 2 of 3, and no scene's rest under 25 dB."""
+    this model reaches 67% of the benchmark's 30 scenes: 19 of 20 on black and white backgrounds, 1 of 10 on gray,
+    where it fails as often on images it generated itself. This pins that level on 3 scenes (white, gray, black):
+    2 of 3, and no scene's rest under 25 dB."""
     changed, rest = [], []
     for k in range(3):
         img, source, target, circle = colour_edit_scene(k)
