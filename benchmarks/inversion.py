@@ -72,11 +72,9 @@ def colour_edits(pipe, args):
     for k in range(n):
         img, source, target, circle = colour_edit_scene(k)
         inv = pipe.invert(Image.fromarray(img), source, method="null-text", steps=args.steps, progress=False)
-        for name, kw in EDITS.items():
-            _, edited = pipe.generate([source, target], inversion=inv, controller=inverted_edit(pipe, source, target,
-                                                                                                **kw), progress=False)
-            scores[name].append((source.split()[-2], turned_blue(edited, circle), psnr(edited, img, away_from(circle)),
-                                 psnr(edited, img, ~circle)))
+        for name, edited in edited_circles(pipe, source, target, inversion=inv).items():
+            scores[name].append((shapes.parse(source).background, turned_blue(edited, circle),
+                                 psnr(edited, img, away_from(circle)), psnr(edited, img, ~circle)))
     print(f"\nedit after null-text inversion, 'a red circle ...' -> 'a blue circle ...' (Replace, LocalBlend on "
           f"'circle'), {n} scenes; the rest: pixels over 2 px from the circle, and with its redrawn rim")
     print("| self-attention kept | circle turned blue | on black / white / gray | PSNR of the rest (mean, min, >= 25 dB) "
@@ -89,15 +87,19 @@ def colour_edits(pipe, args):
               f"{100 * np.mean(rest >= 25):.0f}% | {rim.mean():.2f} dB |")
     print(f"\nthe same edit on generated images (seed noise, no inversion): {args.control} seeds per background whose "
           f"image shows the red circle\n| self-attention kept | black | white | gray |\n| --- | --- | --- | --- |")
-    counts = {name: {} for name in EDITS}
+    counts = {name: {bg: 0 for bg in ("black", "white", "gray")} for name in EDITS}
     for bg in ("black", "white", "gray"):
         for source, target, seed, circle in generated_red_circles(pipe, bg, args.control):
-            for name, kw in EDITS.items():
-                _, edited = pipe.generate([source, target], seed=seed, controller=inverted_edit(pipe, source, target,
-                                                                                                   **kw), progress=False)
-                counts[name][bg] = counts[name].get(bg, 0) + turned_blue(edited, circle)
+            for name, edited in edited_circles(pipe, source, target, seed=seed).items():
+                counts[name][bg] += turned_blue(edited, circle)
     for name, c in counts.items():
-        print(f"| {name} | " + " | ".join(f"{c.get(bg, 0)}/{args.control}" for bg in ("black", "white", "gray")) + " |")
+        print(f"| {name} | " + " | ".join(f"{v}/{args.control}" for v in c.values()) + " |")
+
+
+def edited_circles(pipe, source, target, **generate):
+    """{EDITS name: the edited image}, from an inversion (inversion=) or from seed noise (seed=)."""
+    return {name: pipe.generate([source, target], controller=inverted_edit(pipe, source, target, **kw), progress=False,
+                                **generate)[1] for name, kw in EDITS.items()}
 
 
 def generated_red_circles(pipe, background, n, others=("green triangle", "purple square", "yellow triangle")):
