@@ -1,12 +1,13 @@
 """Real-image inversion on the shapes model: reconstruction PSNR, time and memory per method; and an edit.
 
     python benchmarks/inversion.py [--scenes 20] [--edit-scenes 30] [--steps 50] [--full-sd1 [--sd1-steps 3 --sd1-inner 2]]
+    python benchmarks/inversion.py --scenes 0 --colours green,yellow,orange,purple,blue [--control 5]
     python benchmarks/inversion.py --scenes 0 --full-sd1 --sd1-steps 50 --sd1-inner 10 --device cuda --dtype float16,float32
 
 Rendered scenes (known ground truth) are inverted with their full prompt at guidance 7.5 and reconstructed;
 PSNR is against the input image, next to the VAE's own reconstruction (the ceiling). Then Replace + LocalBlend
 after null-text inversion changes one object's colour: how often it changes (per background), and the PSNR of the
-rest; as a control, the same edit on images the model generated itself.
+rest; as a control, the same edit on images the model generated itself (--colours: turned other colours too).
 --full-sd1 adds time and peak memory of each method, and of an edit from the inversion, on the full SD1 config
 (random weights, 512x512; on the CPU by default, or --device cuda --dtype float16).
 """
@@ -96,6 +97,37 @@ def colour_edits(pipe, args):
         print(f"| {name} | " + " | ".join(f"{v}/{args.control}" for v in c.values()) + " |")
 
 
+def colour_control(pipe, n, colours):
+    """The keep-structure edit on generated images, the red circle turned each colour in turn: which swaps this
+    model can make, per background."""
+    print(f"\nthe keep-structure edit on generated images, 'a red circle' -> 'a <colour> circle', {n} seeds per "
+          f"background\n| to | black | white | gray |\n| --- | --- | --- | --- |")
+    found = {bg: generated_red_circles(pipe, bg, n) for bg in ("black", "white", "gray")}
+    for colour in colours:
+        counts = []
+        for bg, cases in found.items():
+            ok = 0
+            for source, _, seed, circle in cases:
+                target = source.replace("a red circle", f"a {colour} circle", 1)
+                edit = inverted_edit(pipe, source, target, **EDITS[next(iter(EDITS))])
+                ok += turned(pipe.generate([source, target], controller=edit, seed=seed, progress=False)[1],
+                             circle, colour)
+            counts.append(f"{ok}/{n}")
+        print(f"| {colour} | " + " | ".join(counts) + " |", flush=True)
+    print("\nthe VAE latent (UNet units) at the centre of a rendered circle, mean per channel\n| circle | black | white | "
+          "gray |\n| --- | --- | --- | --- |")
+    for colour in [None, "red"] + colours:
+        row = []
+        for bg in ("black", "white", "gray"):
+            img = np.empty((shapes.SIZE, shapes.SIZE, 3), np.uint8)
+            img[:] = shapes.BACKGROUNDS[bg]
+            if colour:
+                img[shapes.shape_mask("circle", 32, 32, 30)] = shapes.COLOURS[colour]
+            z = pipe.encode(Image.fromarray(img))[0, :, 6:10, 6:10].mean((1, 2))
+            row.append(" ".join(f"{v:+.2f}" for v in z.tolist()))
+        print(f"| {colour or '(background)'} | " + " | ".join(row) + " |")
+
+
 def edited_circles(pipe, source, target, **generate):
     """{EDITS name: the edited image}, from an inversion (inversion=) or from seed noise (seed=)."""
     return {name: pipe.generate([source, target], controller=inverted_edit(pipe, source, target, **kw), progress=False,
@@ -137,8 +169,12 @@ def colour_edit_scene(k):
 
 def turned_blue(edited, circle):
     """Does the edited image show a blue circle over most of the source's circle?"""
+    return turned(edited, circle, "blue")
+
+
+def turned(edited, circle, colour):
     _, found = shapes.analyse(np.asarray(edited))
-    return any(f.shape == "circle" and f.colour == "blue" and (f.mask & circle).sum() > 0.5 * circle.sum()
+    return any(f.shape == "circle" and f.colour == colour and (f.mask & circle).sum() > 0.5 * circle.sum()
                for f in found)
 
 
@@ -199,6 +235,8 @@ def main():
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--edit-scenes", type=int, default=0, help="scenes for the colour edit (0: --scenes)")
     p.add_argument("--control", type=int, default=5, help="generated images per background for the edit's control")
+    p.add_argument("--colours", default="", help="also the control with the red circle turned each of these "
+                   "colours (e.g. green,yellow,orange,purple,blue)")
     p.add_argument("--full-sd1", action="store_true")
     p.add_argument("--sd1-steps", type=int, default=3, help="--full-sd1: DDIM steps")
     p.add_argument("--sd1-inner", type=int, default=2, help="--full-sd1: null-text inner steps")
@@ -207,6 +245,8 @@ def main():
     args = p.parse_args()
     if args.scenes:
         shapes_model(args)
+    if args.colours:
+        colour_control(minip2p.load(args.weights), args.control, args.colours.split(","))
     if args.full_sd1:
         full_sd1(args)
 
