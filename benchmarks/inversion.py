@@ -38,8 +38,7 @@ def psnr(a, b, mask=None):
     return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
 
 
-def shapes_model(args):
-    pipe = minip2p.load(args.weights)
+def shapes_model(pipe, args):
     scores = {m: [] for m in METHODS}
     cost = {m: [] for m in METHODS}
     vae = []
@@ -74,7 +73,7 @@ def colour_edits(pipe, args):
         img, source, target, circle = colour_edit_scene(k)
         inv = pipe.invert(Image.fromarray(img), source, method="null-text", steps=args.steps, progress=False)
         for name, edited in edited_circles(pipe, source, target, inversion=inv).items():
-            scores[name].append((shapes.parse(source).background, turned_blue(edited, circle),
+            scores[name].append((shapes.parse(source).background, turned(edited, circle),
                                  psnr(edited, img, away_from(circle)), psnr(edited, img, ~circle)))
     print(f"\nedit after null-text inversion, 'a red circle ...' -> 'a blue circle ...' (Replace, LocalBlend on "
           f"'circle'), {n} scenes; the rest: pixels over 2 px from the circle, and with its redrawn rim")
@@ -92,7 +91,7 @@ def colour_edits(pipe, args):
     for bg in ("black", "white", "gray"):
         for source, target, seed, circle in generated_red_circles(pipe, bg, args.control):
             for name, edited in edited_circles(pipe, source, target, seed=seed).items():
-                counts[name][bg] += turned_blue(edited, circle)
+                counts[name][bg] += turned(edited, circle)
     for name, c in counts.items():
         print(f"| {name} | " + " | ".join(f"{v}/{args.control}" for v in c.values()) + " |")
 
@@ -109,7 +108,7 @@ def colour_control(pipe, n, colours):
             ok = 0
             for source, _, seed, circle in cases:
                 target = source.replace("a red circle", f"a {colour} circle", 1)
-                edit = inverted_edit(pipe, source, target, **EDITS[next(iter(EDITS))])
+                edit = inverted_edit(pipe, source, target)  # keep structure
                 ok += turned(pipe.generate([source, target], controller=edit, seed=seed, progress=False)[1],
                              circle, colour)
             counts.append(f"{ok}/{n}")
@@ -123,7 +122,7 @@ def colour_control(pipe, n, colours):
             img[:] = shapes.BACKGROUNDS[bg]
             if colour:
                 img[shapes.shape_mask("circle", 32, 32, 30)] = shapes.COLOURS[colour]
-            z = pipe.encode(Image.fromarray(img))[0, :, 6:10, 6:10].mean((1, 2))
+            z = pipe.encode(Image.fromarray(img))[0, :, 6:10, 6:10].mean((1, 2))  # latent cells 6-9: pixels 24-39
             row.append(" ".join(f"{v:+.2f}" for v in z.tolist()))
         print(f"| {colour or '(background)'} | " + " | ".join(row) + " |")
 
@@ -167,12 +166,8 @@ def colour_edit_scene(k):
     return img, source, source.replace("a red circle", "a blue circle", 1), masks[0]
 
 
-def turned_blue(edited, circle):
-    """Does the edited image show a blue circle over most of the source's circle?"""
-    return turned(edited, circle, "blue")
-
-
-def turned(edited, circle, colour):
+def turned(edited, circle, colour="blue"):
+    """Does the edited image show a circle of that colour over most of the source's circle?"""
     _, found = shapes.analyse(np.asarray(edited))
     return any(f.shape == "circle" and f.colour == colour and (f.mask & circle).sum() > 0.5 * circle.sum()
                for f in found)
@@ -243,10 +238,11 @@ def main():
     p.add_argument("--device", default="cpu", help="--full-sd1: device (cuda for GPU figures)")
     p.add_argument("--dtype", default="float32", help="--full-sd1: float32, float16 or bfloat16, or several: float16,float32")
     args = p.parse_args()
+    pipe = minip2p.load(args.weights) if args.scenes or args.colours else None
     if args.scenes:
-        shapes_model(args)
+        shapes_model(pipe, args)
     if args.colours:
-        colour_control(minip2p.load(args.weights), args.control, args.colours.split(","))
+        colour_control(pipe, args.control, args.colours.split(","))
     if args.full_sd1:
         full_sd1(args)
 

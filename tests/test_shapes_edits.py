@@ -13,7 +13,7 @@ from PIL import Image
 import minip2p
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from inversion import away_from, colour_edit_scene, inverted_edit, psnr, rendered_scenes, turned_blue  # noqa: E402
+from inversion import away_from, colour_edit_scene, inverted_edit, psnr, rendered_scenes, turned  # noqa: E402
 from shapes_edits import reweight_shown, swap_edit  # noqa: E402
 
 SEEDS = range(6)  # for Reweight
@@ -91,6 +91,6 @@ def test_colour_edit_after_null_text_inversion(pipe):
         inv = pipe.invert(Image.fromarray(img), source, method="null-text", progress=False)
         edited = pipe.generate([source, target], inversion=inv, controller=inverted_edit(pipe, source, target),
                                progress=False)[1]
-        changed.append(turned_blue(edited, circle))
+        changed.append(turned(edited, circle))
         rest.append(psnr(edited, img, away_from(circle)))
     assert sum(changed) >= 2 and min(rest) >= 25.0, (changed, rest)
