@@ -130,16 +130,16 @@ def null_text_optimisation(pipe, ddim, trajectory, cond, null, guidance_scale, i
     nulls, x = [], trajectory[-1]
     bar = Progress(len(ddim.timesteps) * inner_steps, progress, "null-text optimisation")
     for i, t in enumerate(ddim.timesteps):
-        target = trajectory[-2 - i]
+        target = trajectory[-2 - i].float()  # the loss is taken in fp32
         t = t.to(pipe.device)
         with torch.no_grad():
             out_cond = pipe.unet(x, t, cond)
-        null = null.detach().to(torch.float32, copy=True).requires_grad_(True)  # fp32: Adam in fp16 gives NaN
+        null = null.detach().to(torch.float32, copy=True).requires_grad_(True)
         opt = torch.optim.Adam([null], lr=1e-2 * (1.0 - i / 100.0))
         for _ in range(inner_steps):
             out_uncond = pipe.unet(x, t, null.to(cond.dtype))
             out = out_uncond + guidance_scale * (out_cond - out_uncond)
-            loss = F.mse_loss(ddim.step(out, t, x).float(), target.float())
+            loss = F.mse_loss(ddim.step(out, t, x).float(), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
