@@ -9,19 +9,13 @@ self-attention at 1/4 of the latent size and below), the fused kernel elsewhere.
 """
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
 import torch
+from memory import measured
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import random_state  # noqa: E402
-from memory import measured  # noqa: E402
-
-from minip2p import ModelConfig, TextConfig, UNet  # noqa: E402
-from minip2p.p2p import AttentionStore, Replace  # noqa: E402
-from minip2p.text import load_tokenizer  # noqa: E402
+from minip2p import AttentionStore, ModelConfig, Replace, TextConfig, UNet
+from minip2p.testing import random_state
+from minip2p.text import load_tokenizer
 
 
 def main():
@@ -43,11 +37,12 @@ def main():
     for c in edits.values():
         if c is not None:
             c.start(50, (args.latent, args.latent))
-            c.begin_step(0)
+            c.before_step(0)
 
     def step(c):
         with torch.no_grad():
             unet(x, 981, ctx, c)
+
     for c in edits.values():
         step(c)  # warm-up
     res = {k: [] for k in edits}

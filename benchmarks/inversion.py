@@ -13,29 +13,28 @@ rest; as a control, the same edit on images the model generated itself (--colour
 """
 import argparse
 import gc
-import math
-import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from memory import measured, measured_on
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import minip2p  # noqa: E402
-from minip2p import shapes  # noqa: E402
-from minip2p.p2p import LocalBlend, Replace  # noqa: E402
-from memory import measured, measured_on  # noqa: E402
+import minip2p
+from minip2p import LocalBlend, Replace, defaults, shapes
+from minip2p.evaluation import (
+    away_from,
+    colour_edit_scene,
+    inverted_edit,
+    psnr,
+    rendered_scenes,
+    turned,
+    vae_round_trip,
+)
+from minip2p.testing import write_checkpoint
 
 METHODS = ("ddim", "negative-prompt", "null-text")
-
-
-def psnr(a, b, mask=None):
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    d = (a - b) ** 2
-    mse = d[mask].mean() if mask is not None else d.mean()
-    return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
 
 
 def shapes_model(pipe, args):
@@ -44,7 +43,7 @@ def shapes_model(pipe, args):
     vae = []
     for img, prompt in rendered_scenes(args.scenes):
         image = Image.fromarray(img)
-        vae.append(psnr(minip2p.pipeline.to_pil(pipe.decode(pipe.encode(image)))[0], img))
+        vae.append(psnr(vae_round_trip(pipe, img)[0], img))
         for m in METHODS:
             inv, dt, peak = measured(lambda: pipe.invert(image, prompt, method=m, steps=args.steps, progress=False))
             rec = pipe.generate([prompt], inversion=inv, progress=False)[0]
@@ -60,8 +59,12 @@ def shapes_model(pipe, args):
     colour_edits(pipe, args)
 
 
-EDITS = {"keep structure (self 0.8, every size)": dict(self_replace_steps=0.8, self_max_fraction=1.0),
-         "paper defaults (self 0.4, up to 1/4)": dict(self_replace_steps=0.4, self_max_fraction=0.25)}
+EDITS = {
+    "keep structure (self 0.8, every size)": defaults.KEEP_STRUCTURE,
+    "paper defaults (self 0.4, up to 1/4)": dict(
+        self_replace_steps=defaults.SELF_REPLACE_STEPS, self_max_fraction=defaults.SELF_MAX_FRACTION
+    ),
+}
 
 
 def colour_edits(pipe, args):
@@ -108,7 +111,7 @@ def colour_control(pipe, n, colours):
             ok = 0
             for source, _, seed, circle in cases:
                 target = source.replace("a red circle", f"a {colour} circle", 1)
-                edit = inverted_edit(pipe, source, target)  # keep structure
+                edit = inverted_edit(pipe.tokenizer, source, target)  # keep structure
                 ok += turned(pipe.generate([source, target], controller=edit, seed=seed, progress=False)[1],
                              circle, colour)
             counts.append(f"{ok}/{n}")
@@ -129,8 +132,12 @@ def colour_control(pipe, n, colours):
 
 def edited_circles(pipe, source, target, **generate):
     """{EDITS name: the edited image}, from an inversion (inversion=) or from seed noise (seed=)."""
-    return {name: pipe.generate([source, target], controller=inverted_edit(pipe, source, target, **kw), progress=False,
-                                **generate)[1] for name, kw in EDITS.items()}
+    return {
+        name: pipe.generate(
+            [source, target], controller=inverted_edit(pipe.tokenizer, source, target, **kw), progress=False, **generate
+        )[1]
+        for name, kw in EDITS.items()
+    }
 
 
 def generated_red_circles(pipe, background, n, others=("green triangle", "purple square", "yellow triangle")):
@@ -149,52 +156,8 @@ def generated_red_circles(pipe, background, n, others=("green triangle", "purple
     return out
 
 
-def rendered_scenes(n):
-    """The first n scenes to reconstruct -> [(pixels, full prompt)]: one or two objects, every attribute named."""
-    rng = np.random.default_rng(7)
-    return [(img, full.prompt()) for img, full, _ in (shapes.render(shapes.sample_spec(rng, 0.0), rng)
-                                                      for _ in range(n))]
-
-
-def colour_edit_scene(k):
-    """Rendered scene k with a red circle and a square or triangle -> (pixels, source prompt, target prompt with the
-    circle blue, the circle's mask). The other object is not a circle, so the word "circle" names one object."""
-    rng = np.random.default_rng(1000 + k)
-    other = shapes.Obj(None, ("triangle", "square")[k % 2])
-    img, full, masks = shapes.render(shapes.Spec([shapes.Obj("red", "circle"), other], None), rng)
-    source = full.prompt()
-    return img, source, source.replace("a red circle", "a blue circle", 1), masks[0]
-
-
-def turned(edited, circle, colour="blue"):
-    """Does the edited image show a circle of that colour over most of the source's circle?"""
-    _, found = shapes.analyse(np.asarray(edited))
-    return any(f.shape == "circle" and f.colour == colour and (f.mask & circle).sum() > 0.5 * circle.sum()
-               for f in found)
-
-
-def inverted_edit(pipe, source, target, self_replace_steps=0.8, self_max_fraction=1.0):
-    """The edit for an inverted image. Its inverted noise is far from the model's Gaussian (std 0.2-0.4 on this
-    model: DDIM inversion of a flat render predicts little noise), so the target strays unless it keeps the source's
-    self-attention longer and at every size. On the committed model, 30 scenes, null-text: the rest kept 30.07 dB
-    (min 18.04) and the circle turned blue in 67%, against 24.80 dB (min 15.87) and 73% with the paper's 0.4 up to
-    1/4 of the latent (`python benchmarks/inversion.py --scenes 10 --edit-scenes 30` prints both)."""
-    return Replace([source, target], pipe.tokenizer, self_replace_steps=self_replace_steps,
-                   self_max_fraction=self_max_fraction, local_blend=LocalBlend(["circle", "circle"]))
-
-
-def away_from(mask, px=2):
-    """Pixels more than `px` from `mask`: the edited object's outline is redrawn, so its rim is neither the other
-    object nor the background."""
-    grown = torch.nn.functional.max_pool2d(torch.from_numpy(mask).float()[None, None], 2 * px + 1, 1, px)
-    return grown[0, 0].numpy() == 0
-
-
 def full_sd1(args):
     """Time and peak memory of each method, and of an edit from the inversion, on the full SD1 config."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    import tempfile
-    from helpers import write_checkpoint
     with tempfile.TemporaryDirectory() as d:
         write_checkpoint(Path(d) / "sd1.safetensors", minip2p.ModelConfig.sd1(), with_config=False)
         for dtype in args.dtype.split(","):

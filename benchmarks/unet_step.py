@@ -12,26 +12,29 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
+from diffusers import UNet2DConditionModel
+from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, create_unet_diffusers_config_from_ldm
+from memory import measured, rss_mib
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import diffusers_unet, random_state  # noqa: E402
-from memory import measured, rss_mib  # noqa: E402
-
-from minip2p import Controller, ModelConfig, UNet  # noqa: E402
-from minip2p.checkpoint import UNET  # noqa: E402
+from minip2p import Controller, ModelConfig, UNet
+from minip2p.checkpoint import UNET_PREFIX
+from minip2p.testing import ldm_config, random_state
 
 
 def build(which, cfg):
+    """The full-size SD1 UNet with the same random weights: ours, or diffusers' (through its LDM converter)."""
     with torch.device("meta"):
         unet = UNet(cfg.unet)
-    sd = {UNET + k: v for k, v in random_state(unet, seed=0).items()}
+    sd = random_state(unet, seed=0)
     if which == "diffusers":
-        return diffusers_unet(sd, cfg)
-    unet.load_state_dict({k[len(UNET):]: v for k, v in sd.items()}, assign=True)
+        ldm = {UNET_PREFIX + k: v for k, v in sd.items()}
+        config = create_unet_diffusers_config_from_ldm(ldm_config(cfg), ldm, image_size=cfg.image_size)
+        model = UNet2DConditionModel(**config)
+        model.load_state_dict(convert_ldm_unet_checkpoint(ldm, config), strict=True)
+        return model.eval()
+    unet.load_state_dict(sd, assign=True)
     return unet.eval()
 
 

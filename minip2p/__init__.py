@@ -1,11 +1,38 @@
 """minip2p: a small, exact Stable Diffusion for Prompt-to-Prompt image editing."""
+
+__version__ = "0.2.0"
+
 from .attention import Controller, Place, attention
+from .blend import LocalBlend
 from .checkpoint import ModelConfig, save_checkpoint
 from .ddim import DDIM
+from .inversion import Inversion
+from .p2p import Refine, Replace, Reweight, make_edit
 from .pipeline import Pipeline, load
+from .store import AttentionStore
 from .text import TextConfig
 from .unet import UNet, UNetConfig
 from .vae import VAE, VAEConfig
 
-__all__ = ["Controller", "Place", "attention", "ModelConfig", "save_checkpoint", "DDIM", "Pipeline", "load",
-           "TextConfig", "UNet", "UNetConfig", "VAE", "VAEConfig"]
+__all__ = [
+    "AttentionStore",
+    "Controller",
+    "DDIM",
+    "Inversion",
+    "LocalBlend",
+    "ModelConfig",
+    "Pipeline",
+    "Place",
+    "Refine",
+    "Replace",
+    "Reweight",
+    "TextConfig",
+    "UNet",
+    "UNetConfig",
+    "VAE",
+    "VAEConfig",
+    "attention",
+    "load",
+    "make_edit",
+    "save_checkpoint",
+]

@@ -8,22 +8,22 @@ import string
 
 import torch
 
+from .text import token_ids
+
 MAX_TOKENS = 77
 
 
 def words_and_tokens(prompt, tokenizer):
     """-> (words, [token positions of each word]); position 0 is the start token."""
+    total = len(token_ids(tokenizer, prompt, MAX_TOKENS))
     words = prompt.split()
     positions, pos = [], 1
     for w in words:
         n = len(tokenizer(w, add_special_tokens=False).input_ids)
         positions.append(list(range(pos, pos + n)))
         pos += n
-    total = len(tokenizer(prompt).input_ids)
     if pos + 1 != total:  # cannot happen with CLIP's pre-tokenizer, which never joins across spaces
         raise ValueError(f"{prompt!r}: word-by-word tokens ({pos + 1}) differ from the prompt's ({total})")
-    if total > MAX_TOKENS:
-        raise ValueError(f"prompt has {total} tokens, more than the {MAX_TOKENS} the text encoder takes: {prompt!r}")
     return words, positions
 
 
@@ -88,8 +88,7 @@ def refinement_mapper(source, target, tokenizer):
     Global alignment of the token ids with match +1, mismatch -1, gap 0, as the paper; with these scores the
     best alignment never pairs different tokens, so it is a longest common subsequence (earliest matches kept).
     """
-    words_and_tokens(source, tokenizer), words_and_tokens(target, tokenizer)  # length checks
-    x, y = tokenizer(source).input_ids, tokenizer(target).input_ids
+    x, y = token_ids(tokenizer, source, MAX_TOKENS), token_ids(tokenizer, target, MAX_TOKENS)
     n, m = len(x), len(y)
     best = [[0] * (m + 1) for _ in range(n + 1)]
     for a in range(n - 1, -1, -1):

@@ -29,8 +29,8 @@ class Controller:
 
     `wants(place)` says whether `place` needs the explicit softmax map; `__call__(attn, place)` receives the
     map (batch * heads, queries, keys) in fp32 and returns the map to use. The sampler calls `start(steps,
-    latent_hw, device)` once, `begin_step(i)` before step i and `step_end(i, latents)` after it (LocalBlend edits
-    the latents there).
+    latent_hw, device)` once, then `before_step(i)` and `after_step(i, latents)` around step i; `after_step`
+    returns the latents to go on with (LocalBlend changes them there).
     """
 
     def wants(self, place: Place) -> bool:
@@ -42,14 +42,21 @@ class Controller:
     def start(self, steps: int, latent_hw: tuple, device=None) -> None:
         """Called once before sampling: the number of steps and the latent's (height, width)."""
 
-    def begin_step(self, i: int) -> None:
-        pass
+    def before_step(self, i: int) -> None:
+        """Called before step i (0 is the noisiest)."""
 
-    def step_end(self, i: int, latents: torch.Tensor) -> torch.Tensor:
+    def after_step(self, i: int, latents: torch.Tensor) -> torch.Tensor:
+        """Called after step i with its result; returns the latents sampling goes on with."""
         return latents
 
 
-def attention(q, k, v, heads, place=None, controller=None):
+def conditional_half(attn: torch.Tensor, heads: int) -> torch.Tensor:
+    """(2P * heads, n, m) map of a guidance batch [unconditional..., conditional...] -> (P, heads, n, m), a view of
+    the conditional half: the part of the batch a controller reads or edits."""
+    return attn.view(2, -1, heads, *attn.shape[1:])[1]
+
+
+def attention(q, k, v, heads: int, place: Place | None = None, controller: Controller | None = None) -> torch.Tensor:
     """Multi-head attention: q (B, N, C), k and v (B, M, C) -> (B, N, C).
 
     out = softmax(q kᵀ / sqrt(d)) v, per head, with the softmax in fp32. The controller (if any, and if it

@@ -6,7 +6,10 @@ Every problem with a file is reported before any model is built, naming the file
 """
 import json
 from dataclasses import asdict, dataclass, field
+from importlib.resources import files
 from pathlib import Path
+
+import torch
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -15,12 +18,14 @@ from .text import TextConfig
 from .unet import UNetConfig
 from .vae import VAEConfig
 
-UNET, VAE_, CLIP, OPENCLIP = "model.diffusion_model.", "first_stage_model.", \
-    "cond_stage_model.transformer.text_model.", "cond_stage_model.model."
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+CLIP_PREFIX = "cond_stage_model.transformer.text_model."  # SD1 (and our models): transformers' CLIP names
+OPENCLIP_PREFIX = "cond_stage_model.model."  # SD2: OpenCLIP's names
 IGNORED_TEXT_KEYS = ("embeddings.position_ids",)          # a buffer some files hold, some do not
 IGNORED_OPENCLIP_KEYS = ("text_projection", "logit_scale", "attn_mask")  # not used for SD2 conditioning
 META_KEY = "minip2p_config"
-BUNDLED = Path(__file__).resolve().parent.parent / "weights" / "shapes.safetensors"
+BUNDLED_MODEL = files("minip2p") / "data" / "shapes.safetensors"  # package data: in the wheel too
 
 
 @dataclass
@@ -47,9 +52,21 @@ class ModelConfig:
     @classmethod
     def from_json(cls, s):
         d = json.loads(s)
-        tup = lambda c: {k: tuple(v) if isinstance(v, list) else v for k, v in c.items()}
-        return cls(d["family"], UNetConfig(**tup(d["unet"])), VAEConfig(**tup(d["vae"])), TextConfig(**d["text"]),
-                   d["prediction"], d["image_size"])
+        unet, vae, text = ({k: tuple(v) if isinstance(v, list) else v for k, v in d[p].items()} for p in PARTS)
+        return cls(d["family"], UNetConfig(**unet), VAEConfig(**vae), TextConfig(**text), d["prediction"],
+                   d["image_size"])
+
+
+PARTS = ("unet", "vae", "text")
+
+
+def text_prefix(cfg: ModelConfig) -> str:
+    return OPENCLIP_PREFIX if cfg.family == "sd2" else CLIP_PREFIX
+
+
+def cast(sd: dict, dtype: torch.dtype) -> dict:
+    """Floating-point tensors of a state dict to dtype (integer buffers stay as they are)."""
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
 
 
 def openclip_to_clip(sd):
@@ -114,10 +131,10 @@ def infer_config(tensors, meta, path, prediction=None):
     if META_KEY in meta:
         cfg = ModelConfig.from_json(meta[META_KEY])
     else:
-        proj = tensors.get(UNET + "input_blocks.1.1.proj_in.weight")
-        to_k = tensors.get(UNET + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")
+        proj = tensors.get(UNET_PREFIX + "input_blocks.1.1.proj_in.weight")
+        to_k = tensors.get(UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")
         if proj is None or to_k is None:
-            raise CheckpointError(f"{path}: no Stable Diffusion UNet found (no key {UNET}input_blocks.1.1.proj_in."
+            raise CheckpointError(f"{path}: no Stable Diffusion UNet found (no key {UNET_PREFIX}input_blocks.1.1.proj_in."
                                   f"weight); expected an SD v1.x/v2.x single-file checkpoint in CompVis layout")
         linear, ctx = proj.dim() == 2, to_k.shape[1]
         if ctx == 768 and not linear:
@@ -140,12 +157,12 @@ def split_parts(tensors, cfg):
     def part(prefix):
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
-    unet, vae = part(UNET), part(VAE_)
+    unet, vae = part(UNET_PREFIX), part(VAE_PREFIX)
     vae = {k: v for k, v in vae.items() if not k.startswith("loss.")}  # training-only discriminator
     if cfg.family == "sd2":
-        text = openclip_to_clip(part(OPENCLIP))
+        text = openclip_to_clip(part(OPENCLIP_PREFIX))
     else:
-        text = {k: v for k, v in part(CLIP).items() if k not in IGNORED_TEXT_KEYS}
+        text = {k: v for k, v in part(CLIP_PREFIX).items() if k not in IGNORED_TEXT_KEYS}
     return unet, vae, text
 
 
@@ -172,7 +189,7 @@ def save_checkpoint(path, cfg: ModelConfig, unet, vae, text_encoder, dtype=None)
     if cfg.family == "sd2":
         raise ValueError("save_checkpoint writes SD1-layout text keys; an SD2 model cannot be saved with it")
     out = {}
-    for prefix, module in ((UNET, unet), (VAE_, vae), (CLIP, text_encoder)):
+    for prefix, module in ((UNET_PREFIX, unet), (VAE_PREFIX, vae), (CLIP_PREFIX, text_encoder)):
         for k, v in module.state_dict().items():
             out[prefix + k] = (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
     save_file(out, str(path), metadata={META_KEY: cfg.to_json()})

@@ -8,6 +8,12 @@ import numpy as np
 import torch
 
 
+def guided(out_uncond: torch.Tensor, out_cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022): push the prediction from the unconditional one towards the
+    conditional one, `scale` times as far."""
+    return out_uncond + scale * (out_cond - out_uncond)
+
+
 class DDIM:
     def __init__(self, steps=50, steps_offset=1, prediction="epsilon", beta_start=0.00085, beta_end=0.012,
                  train_steps=1000):

@@ -22,8 +22,8 @@ VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out
             "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}  # second row: old diffusers names
 
 
-def unet_key(k, nrb, up_has_attn):
-    """diffusers UNet2DConditionModel key -> CompVis key; nrb = ResBlocks per level (layers_per_block)."""
+def unet_key(k, res_blocks, up_has_attn):
+    """diffusers UNet2DConditionModel key -> CompVis key; res_blocks = ResBlocks per level (layers_per_block)."""
     fixed = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
              "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
     for a, b in fixed.items():
@@ -37,15 +37,15 @@ def unet_key(k, nrb, up_has_attn):
         name, _, tail = rest.partition(".")
         rest = UNET_RESNET.get(name, name) + "." + tail
     if part == "down_blocks":
-        block = {"resnets": f"input_blocks.{1 + i * (nrb + 1) + j}.0", "attentions": f"input_blocks.{1 + i * (nrb + 1) + j}.1",
-                 "downsamplers": f"input_blocks.{(i + 1) * (nrb + 1)}.0"}[kind]
+        block = {"resnets": f"input_blocks.{1 + i * (res_blocks + 1) + j}.0", "attentions": f"input_blocks.{1 + i * (res_blocks + 1) + j}.1",
+                 "downsamplers": f"input_blocks.{(i + 1) * (res_blocks + 1)}.0"}[kind]
         rest = rest.replace("conv.", "op.", 1) if kind == "downsamplers" else rest
     elif part == "mid_block":
         block = f"middle_block.{2 * j if kind == 'resnets' else 1}"
     else:
-        n = i * (nrb + 1)
+        n = i * (res_blocks + 1)
         block = {"resnets": f"output_blocks.{n + j}.0", "attentions": f"output_blocks.{n + j}.1",
-                 "upsamplers": f"output_blocks.{n + nrb}.{2 if up_has_attn[i] else 1}"}[kind]
+                 "upsamplers": f"output_blocks.{n + res_blocks}.{2 if up_has_attn[i] else 1}"}[kind]
     return f"{block}.{rest}"
 
 
@@ -85,22 +85,22 @@ def read_weights(folder):
 def read_diffusers_folder(path, prediction=None):
     """-> (ModelConfig, (unet, vae, text) state dicts with CompVis / transformers keys, tokenizer folder or None)."""
     path = Path(path)
-    uc, vc, tc = (read_json(path / p / "config.json") for p in ("unet", "vae", "text_encoder"))
-    boc, nrb = uc["block_out_channels"], uc["layers_per_block"]
-    heads = uc.get("num_attention_heads") or uc["attention_head_dim"]
-    unet = UNetConfig(in_channels=uc["in_channels"], out_channels=uc["out_channels"], model_channels=boc[0],
-                      channel_mult=tuple(c // boc[0] for c in boc), num_res_blocks=nrb,
-                      attention_resolutions=tuple(2 ** i for i, t in enumerate(uc["down_block_types"]) if "CrossAttn" in t),
-                      context_dim=uc["cross_attention_dim"], use_linear_proj=uc.get("use_linear_projection", False),
-                      transformer_depth=uc.get("transformer_layers_per_block", 1), norm_groups=uc.get("norm_num_groups", 32))
+    unet_cfg, vae_cfg, text_cfg = (read_json(path / p / "config.json") for p in ("unet", "vae", "text_encoder"))
+    widths, res_blocks = unet_cfg["block_out_channels"], unet_cfg["layers_per_block"]
+    heads = unet_cfg.get("num_attention_heads") or unet_cfg["attention_head_dim"]
+    unet = UNetConfig(in_channels=unet_cfg["in_channels"], out_channels=unet_cfg["out_channels"], model_channels=widths[0],
+                      channel_mult=tuple(c // widths[0] for c in widths), num_res_blocks=res_blocks,
+                      attention_resolutions=tuple(2 ** i for i, t in enumerate(unet_cfg["down_block_types"]) if "CrossAttn" in t),
+                      context_dim=unet_cfg["cross_attention_dim"], use_linear_proj=unet_cfg.get("use_linear_projection", False),
+                      transformer_depth=unet_cfg.get("transformer_layers_per_block", 1), norm_groups=unet_cfg.get("norm_num_groups", 32))
     if isinstance(heads, list):
-        unet.head_dim = boc[0] // heads[0]
+        unet.head_dim = widths[0] // heads[0]
     else:
         unet.num_heads = heads
-    vboc = vc["block_out_channels"]
-    vae = VAEConfig(ch=vboc[0], ch_mult=tuple(c // vboc[0] for c in vboc), num_res_blocks=vc["layers_per_block"],
-                    z_channels=vc["latent_channels"], norm_groups=vc.get("norm_num_groups", 32),
-                    scale_factor=vc.get("scaling_factor", 0.18215))
+    vae_widths = vae_cfg["block_out_channels"]
+    vae = VAEConfig(ch=vae_widths[0], ch_mult=tuple(c // vae_widths[0] for c in vae_widths), num_res_blocks=vae_cfg["layers_per_block"],
+                    z_channels=vae_cfg["latent_channels"], norm_groups=vae_cfg.get("norm_num_groups", 32),
+                    scale_factor=vae_cfg.get("scaling_factor", 0.18215))
     tok_dir = path / "tokenizer"
     tok_dir = tok_dir if any((tok_dir / f).is_file() for f in ("vocab.json", "tokenizer.json")) else None
     pad = "<|endoftext|>"  # SD1's; SD2's folders say "!" in their tokenizer files
@@ -108,20 +108,20 @@ def read_diffusers_folder(path, prediction=None):
         if tok_dir and (tok_dir / name).is_file():
             p = json.loads((tok_dir / name).read_text()).get("pad_token") or pad
             pad = p["content"] if isinstance(p, dict) else p
-    text = TextConfig(hidden_size=tc["hidden_size"], intermediate_size=tc["intermediate_size"],
-                      num_layers=tc["num_hidden_layers"], num_heads=tc["num_attention_heads"],
-                      hidden_act=tc["hidden_act"], vocab_size=tc["vocab_size"],
-                      max_length=tc["max_position_embeddings"], pad_token=pad)
+    text = TextConfig(hidden_size=text_cfg["hidden_size"], intermediate_size=text_cfg["intermediate_size"],
+                      num_layers=text_cfg["num_hidden_layers"], num_heads=text_cfg["num_attention_heads"],
+                      hidden_act=text_cfg["hidden_act"], vocab_size=text_cfg["vocab_size"],
+                      max_length=text_cfg["max_position_embeddings"], pad_token=pad)
     sched = path / "scheduler" / "scheduler_config.json"
     pred = json.loads(sched.read_text()).get("prediction_type", "epsilon") if sched.is_file() else "epsilon"
     family = "sd2" if unet.use_linear_proj and unet.context_dim == 1024 else "sd1" if unet.context_dim == 768 else "custom"
     cfg = ModelConfig(family, unet, vae, text, prediction or {"v_prediction": "v"}.get(pred, pred),
-                      uc.get("sample_size", 64) * vae.factor)
-    up_has_attn = ["CrossAttn" in t for t in uc["up_block_types"]]
-    unet_sd = {unet_key(k, nrb, up_has_attn): v for k, v in read_weights(path / "unet").items()}
+                      unet_cfg.get("sample_size", 64) * vae.factor)
+    up_has_attn = ["CrossAttn" in t for t in unet_cfg["up_block_types"]]
+    unet_sd = {unet_key(k, res_blocks, up_has_attn): v for k, v in read_weights(path / "unet").items()}
     vae_sd = {}
     for k, v in read_weights(path / "vae").items():
-        k = vae_key(k, len(vboc))
+        k = vae_key(k, len(vae_widths))
         vae_sd[k] = v[..., None, None] if ".mid.attn_1." in k and k.endswith("weight") and v.dim() == 2 else v
     text_sd = {k.removeprefix("text_model."): v for k, v in read_weights(path / "text_encoder").items()
                if not k.endswith("position_ids")}

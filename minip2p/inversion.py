@@ -1,4 +1,4 @@
-"""Real-image editing: load a photo, invert it into the model's noise, so that P2P can edit it.
+"""Real-image editing: invert a photo into the model's noise, so that Prompt-to-Prompt can edit it.
 
 - DDIM inversion: the deterministic DDIM update run backwards with the conditional prediction (guidance 1).
 - Null-text inversion (Mokady et al. 2022): DDIM inversion, then, step by step, optimise the unconditional ("null")
@@ -6,97 +6,83 @@
 - Negative-prompt inversion (Miyake et al. 2023): use the prompt's own embedding as the null embedding; no
   optimisation. With it, guided sampling is conditional sampling, which retraces DDIM inversion approximately.
 """
+
 import json
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
-from .ddim import DDIM
-from .progress import Progress
+from . import defaults
+from .ddim import DDIM, guided
+from .images import load_image, to_tensor
 
-
-def load_image(image, size, crop=(0, 0, 0, 0)):
-    """A path or PIL image -> RGB PIL image of size x size: EXIF orientation applied, any mode converted
-    (16-bit scaled, transparency composited on white), `crop` = pixels cut from (left, right, top, bottom),
-    then a centre crop to a square and a resize."""
-    if not isinstance(image, Image.Image):
-        try:
-            image = Image.open(image)
-            image.load()
-        except (FileNotFoundError, IsADirectoryError):
-            raise FileNotFoundError(f"image not found: {image}") from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"cannot read {image} as an image ({e}); give a PNG, JPEG or WebP file") from None
-    if size <= 0 or len(crop) != 4 or min(crop) < 0:
-        raise ValueError(f"size must be positive and crop four pixel counts >= 0 (left, right, top, bottom): "
-                         f"size={size}, crop={crop}")
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(a / (257 if a.max() > 255 else 1), 0, 255).astype(np.uint8))
-    if image.mode in ("P", "LA", "PA") or "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode == "RGBA":
-        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image)
-    image = image.convert("RGB")
-    w, h = image.size
-    left, right, top, bottom = crop
-    if left + right >= w or top + bottom >= h:
-        raise ValueError(f"crop {crop} leaves nothing of a {w}x{h} image")
-    image = image.crop((left, top, w - right, h - bottom))  # top is limited by the height, not by left
-    w, h = image.size
-    s = min(w, h)
-    image = image.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    return image.resize((size, size), Image.LANCZOS)
-
-
-def to_tensor(image):
-    """PIL RGB -> (1, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+METHODS = ("null-text", "negative-prompt", "ddim")
+META_KEY = "minip2p_inversion"
 
 
 @dataclass
 class Inversion:
     """What sampling needs to reconstruct an image: the start noise, and the null embedding of each step."""
-    latent: torch.Tensor            # (1, C, h, w) x_T
-    null_embeddings: torch.Tensor   # (steps, 77, D) unconditional context per step
+
+    latent: torch.Tensor  # (1, C, h, w) x_T
+    null_embeddings: torch.Tensor  # (steps, 77, D) unconditional context per step
     prompt: str
     method: str
     guidance_scale: float
     steps_offset: int
-    trajectory: list = None         # x_0 ... x_T of DDIM inversion (not saved)
+    trajectory: list | None = None  # x_0 ... x_T of DDIM inversion (not saved)
 
     @property
-    def steps(self):
+    def steps(self) -> int:
         return self.null_embeddings.shape[0]
+
+    def settings(self, steps, guidance_scale, negative_prompt) -> tuple:
+        """Sampling from this inversion -> (steps, guidance_scale, steps_offset, start latent); an error where the
+        caller asks for other steps, guidance or a negative prompt (the null embeddings take its place)."""
+        for name, given, own in (("steps", steps, self.steps), ("guidance_scale", guidance_scale, self.guidance_scale)):
+            if given is not None and given != own:
+                raise ValueError(f"{name}={given} differs from the inversion's {own}; leave it out")
+        if negative_prompt:
+            raise ValueError("negative_prompt cannot be used with an inversion: its null embeddings take that place")
+        return self.steps, self.guidance_scale, self.steps_offset, self.latent
 
     def save(self, path):
         meta = {"prompt": self.prompt, "method": self.method, "guidance_scale": str(self.guidance_scale),
                 "steps_offset": str(self.steps_offset)}
-        save_file({"latent": self.latent.contiguous(), "null_embeddings": self.null_embeddings.contiguous()},
-                  str(path), metadata={"minip2p_inversion": json.dumps(meta)})
+        tensors = {"latent": self.latent.contiguous(), "null_embeddings": self.null_embeddings.contiguous()}
+        save_file(tensors, str(path), metadata={META_KEY: json.dumps(meta)})
 
     @classmethod
-    def load(cls, path):
-        from safetensors import safe_open
+    def load(cls, path) -> "Inversion":
         with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {}).get("minip2p_inversion", "null") or "null")
+            meta = json.loads((f.metadata() or {}).get(META_KEY, "null") or "null")
         if meta is None:
-            raise ValueError(f"{path} is not an inversion saved by minip2p (no minip2p_inversion metadata)")
+            raise ValueError(f"{path} is not an inversion saved by minip2p (no {META_KEY} metadata)")
         t = load_file(str(path))
-        return cls(t["latent"], t["null_embeddings"], meta["prompt"], meta["method"], float(meta["guidance_scale"]),
-                   int(meta["steps_offset"]))
+        return cls(t["latent"], t["null_embeddings"], meta["prompt"], meta["method"],
+                   float(meta["guidance_scale"]), int(meta["steps_offset"]))
 
 
-def invert(pipe, image, prompt, method="null-text", steps=50, guidance_scale=7.5, inner_steps=10,
-           early_stop=1e-5, steps_offset=0, progress=True):
+def invert(
+    pipe,
+    image,
+    prompt: str,
+    *,
+    method: str = defaults.INVERSION_METHOD,
+    steps: int = defaults.STEPS,
+    guidance_scale: float = defaults.GUIDANCE_SCALE,
+    inner_steps: int = defaults.NULL_TEXT_INNER_STEPS,
+    early_stop: float = defaults.NULL_TEXT_EARLY_STOP,
+    steps_offset: int = defaults.INVERSION_STEPS_OFFSET,
+    progress: bool = True,
+) -> Inversion:
     """Image (path, PIL, or (1, 3, H, W) tensor in [-1, 1]) + its prompt -> Inversion."""
-    if method not in ("null-text", "negative-prompt", "ddim"):
-        raise ValueError(f"method must be 'null-text', 'negative-prompt' or 'ddim', not {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if not prompt or not prompt.strip():
         raise ValueError("inversion needs the prompt that describes the image (an empty prompt inverts poorly)")
     if not isinstance(image, torch.Tensor):
@@ -107,11 +93,9 @@ def invert(pipe, image, prompt, method="null-text", steps=50, guidance_scale=7.5
     with torch.no_grad():
         x = pipe.encode(image)
         trajectory = [x]
-        bar = Progress(steps, progress, "DDIM inversion")
-        for t in ddim.timesteps.flip(0):  # ascending: x_0 -> x_T
-            x = ddim.inverse_step(pipe.unet(x, t.to(pipe.device), cond), t, x)
+        for t in tqdm(ddim.timesteps.flip(0), desc="DDIM inversion", disable=not progress, leave=False):
+            x = ddim.inverse_step(pipe.unet(x, t.to(pipe.device), cond), t, x)  # ascending: x_0 -> x_T
             trajectory.append(x)
-            bar.update()
     if method == "ddim":
         nulls = null.expand(steps, -1, -1)
     elif method == "negative-prompt":
@@ -128,8 +112,8 @@ def null_text_optimisation(pipe, ddim, trajectory, cond, null, guidance_scale, i
     The conditional prediction is computed once per step; no graph is kept across steps. In fp16/bf16 the
     embedding and its Adam state stay fp32 (a fp16 Adam step divides by an underflowed second moment: NaN)."""
     nulls, x = [], trajectory[-1]
-    bar = Progress(len(ddim.timesteps) * inner_steps, progress, "null-text optimisation")
-    for i, t in enumerate(ddim.timesteps):
+    bar = tqdm(ddim.timesteps, desc="null-text optimisation", disable=not progress, leave=False)
+    for i, t in enumerate(bar):
         target = trajectory[-2 - i].float()  # the loss is taken in fp32
         t = t.to(pipe.device)
         with torch.no_grad():
@@ -137,18 +121,15 @@ def null_text_optimisation(pipe, ddim, trajectory, cond, null, guidance_scale, i
         null = null.detach().to(torch.float32, copy=True).requires_grad_(True)
         opt = torch.optim.Adam([null], lr=1e-2 * (1.0 - i / 100.0))
         for _ in range(inner_steps):
-            out_uncond = pipe.unet(x, t, null.to(cond.dtype))
-            out = out_uncond + guidance_scale * (out_cond - out_uncond)
+            out = guided(pipe.unet(x, t, null.to(cond.dtype)), out_cond, guidance_scale)
             loss = F.mse_loss(ddim.step(out, t, x).float(), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if loss.item() < early_stop + i * 2e-5:
                 break
-        bar.update(inner_steps)
         null = null.detach().to(cond.dtype)
         nulls.append(null[0])
         with torch.no_grad():
-            out_uncond = pipe.unet(x, t, null)
-            x = ddim.step(out_uncond + guidance_scale * (out_cond - out_uncond), t, x)
+            x = ddim.step(guided(pipe.unet(x, t, null), out_cond, guidance_scale), t, x)
     return torch.stack(nulls)

@@ -46,9 +46,10 @@ def parse(prompt):
         if w in ("a", "an", "and"):
             pass
         elif w == "on":
-            if i + 3 >= len(words) + 1 or words[i + 1] not in ("a", "an") or words[i + 2] not in BACKGROUNDS:
+            phrase = words[i + 1 : i + 4]
+            if len(phrase) < 3 or phrase[0] not in ("a", "an") or phrase[1] not in BACKGROUNDS or phrase[2] != "background":
                 raise ValueError(f"{prompt!r}: expected 'on a <{'|'.join(BACKGROUNDS)}> background'")
-            spec.background = words[i + 2]
+            spec.background = phrase[1]
             i += 3
         elif w in COLOURS:
             obj = Obj(colour=w)
@@ -69,7 +70,10 @@ def parse(prompt):
 def sample_spec(rng, p_omit=0.2):
     """A random prompt spec: 1 or 2 objects; each attribute left out with probability p_omit."""
     n = rng.integers(1, 3)
-    pick = lambda options: None if rng.random() < p_omit else options[rng.integers(len(options))]
+
+    def pick(options):
+        return None if rng.random() < p_omit else options[rng.integers(len(options))]
+
     return Spec([Obj(pick(list(COLOURS)), pick(SHAPES)) for _ in range(n)], pick(list(BACKGROUNDS)))
 
 

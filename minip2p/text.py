@@ -5,12 +5,13 @@ has the same architecture with GELU: we load it into a CLIPTextModel (see `check
 take the penultimate layer's output through `final_layer_norm`, as SD2 does.
 """
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "weights" / "tokenizer"
+TOKENIZER_DIR = files("minip2p") / "data" / "tokenizer"  # the CLIP BPE vocabulary of SD1 and SD2 (package data)
 
 
 @dataclass
@@ -50,14 +51,21 @@ def load_tokenizer(cfg: TextConfig, path=TOKENIZER_DIR) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(str(path), pad_token=cfg.pad_token, model_max_length=cfg.max_length)
 
 
-def tokenize(tokenizer, prompts, max_length=77):
-    """Prompts -> (B, max_length) ids, padded. A prompt over max_length tokens is an error, not a silent cut."""
-    ids = tokenizer(list(prompts), padding="max_length", max_length=max_length).input_ids  # not truncated
-    for p, row in zip(prompts, ids):
-        if len(row) > max_length:
-            raise ValueError(f"prompt has {len(row)} tokens, more than the {max_length} the text encoder takes "
-                             f"(start and end included); shorten it: {p!r}")
-    return torch.tensor(ids)
+def token_ids(tokenizer, prompt: str, max_length: int = 77) -> list:
+    """A prompt -> its token ids, start and end included. Over max_length tokens is an error, not a silent cut
+    (and not transformers' warning first: verbose=False)."""
+    ids = tokenizer(prompt, verbose=False).input_ids
+    if len(ids) > max_length:
+        raise ValueError(f"prompt has {len(ids)} tokens, more than the {max_length} the text encoder takes "
+                         f"(start and end included); shorten it: {prompt!r}")
+    return ids
+
+
+def tokenize(tokenizer, prompts, max_length: int = 77) -> torch.Tensor:
+    """Prompts -> (B, max_length) ids, padded."""
+    for p in prompts:
+        token_ids(tokenizer, p, max_length)
+    return torch.tensor(tokenizer(list(prompts), padding="max_length", max_length=max_length).input_ids)
 
 
 @torch.no_grad()

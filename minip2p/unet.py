@@ -23,8 +23,8 @@ class UNetConfig:
     channel_mult: tuple = (1, 2, 4, 4)            # width of each level, times model_channels
     num_res_blocks: int = 2                       # ResBlocks per level on the way down (one more on the way up)
     attention_resolutions: tuple = (1, 2, 4)      # downsampling factors that get a SpatialTransformer
-    num_heads: int = 8                            # heads per attention (SD1), used when head_dim == 0
-    head_dim: int = 0                             # channels per head (SD2: 64); 0 means use num_heads
+    num_heads: int = 8                            # heads per attention (SD1), used when head_dim is None
+    head_dim: int | None = None                   # channels per head (SD2: 64); None: num_heads heads
     context_dim: int = 768                        # width of the text encoder's hidden states
     use_linear_proj: bool = False                 # proj_in/proj_out as Linear (SD2) instead of 1x1 conv (SD1)
     transformer_depth: int = 1                    # transformer blocks per SpatialTransformer
@@ -113,11 +113,10 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         self.linear, self.factor = cfg.use_linear_proj, factor
         self.norm = GroupNorm(cfg.norm_groups, ch, eps=1e-6)
-        proj = (lambda: nn.Linear(ch, ch)) if self.linear else (lambda: nn.Conv2d(ch, ch, 1))
-        self.proj_in = proj()
+        self.proj_in = nn.Linear(ch, ch) if self.linear else nn.Conv2d(ch, ch, 1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(ch, heads, cfg.context_dim) for _ in range(cfg.transformer_depth))
-        self.proj_out = proj()
+        self.proj_out = nn.Linear(ch, ch) if self.linear else nn.Conv2d(ch, ch, 1)
 
     def forward(self, x, context, controller):
         b, c, h, w = x.shape
@@ -164,43 +163,44 @@ class UNet(nn.Module):
     def __init__(self, cfg: UNetConfig):
         super().__init__()
         self.cfg = cfg
-        mc, g = cfg.model_channels, cfg.norm_groups
-        emb_ch = mc * 4
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        width, groups = cfg.model_channels, cfg.norm_groups
+        emb_ch = width * 4
+        self.time_embed = nn.Sequential(nn.Linear(width, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
 
-        def transformer(ch, ds):
-            return SpatialTransformer(ch, cfg.heads(ch), cfg, ds)
+        def transformer(ch, factor):
+            return SpatialTransformer(ch, cfg.heads(ch), cfg, factor)
 
-        self.input_blocks = nn.ModuleList([Block(nn.Conv2d(cfg.in_channels, mc, 3, padding=1))])
-        skip_chs, ch, ds = [mc], mc, 1
+        self.input_blocks = nn.ModuleList([Block(nn.Conv2d(cfg.in_channels, width, 3, padding=1))])
+        skip_chs, ch, factor = [width], width, 1  # factor: how much smaller than the latent this level is
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                layers = [ResBlock(ch, emb_ch, mult * mc, g)]
-                ch = mult * mc
-                if ds in cfg.attention_resolutions:
-                    layers.append(transformer(ch, ds))
+                layers = [ResBlock(ch, emb_ch, mult * width, groups)]
+                ch = mult * width
+                if factor in cfg.attention_resolutions:
+                    layers.append(transformer(ch, factor))
                 self.input_blocks.append(Block(*layers))
                 skip_chs.append(ch)
             if level != len(cfg.channel_mult) - 1:
                 self.input_blocks.append(Block(Downsample(ch)))
                 skip_chs.append(ch)
-                ds *= 2
+                factor *= 2
 
-        self.middle_block = Block(ResBlock(ch, emb_ch, ch, g), transformer(ch, ds), ResBlock(ch, emb_ch, ch, g))
+        mid = [ResBlock(ch, emb_ch, ch, groups), transformer(ch, factor), ResBlock(ch, emb_ch, ch, groups)]
+        self.middle_block = Block(*mid)
 
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
-                layers = [ResBlock(ch + skip_chs.pop(), emb_ch, mult * mc, g)]
-                ch = mult * mc
-                if ds in cfg.attention_resolutions:
-                    layers.append(transformer(ch, ds))
+                layers = [ResBlock(ch + skip_chs.pop(), emb_ch, mult * width, groups)]
+                ch = mult * width
+                if factor in cfg.attention_resolutions:
+                    layers.append(transformer(ch, factor))
                 if level and i == cfg.num_res_blocks:
                     layers.append(Upsample(ch))
-                    ds //= 2
+                    factor //= 2
                 self.output_blocks.append(Block(*layers))
 
-        self.out = nn.Sequential(GroupNorm(g, ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(GroupNorm(groups, ch), nn.SiLU(), nn.Conv2d(width, cfg.out_channels, 3, padding=1))
 
         where = {"input_blocks": "down", "middle_block": "mid", "output_blocks": "up"}
         for name, m in self.named_modules():
@@ -208,8 +208,8 @@ class UNet(nn.Module):
                 for i, block in enumerate(m.transformer_blocks):
                     for attn_name in ("attn1", "attn2"):
                         attn = getattr(block, attn_name)
-                        attn.place = Place(f"{name}.transformer_blocks.{i}.{attn_name}", where[name.split(".")[0]],
-                                           attn.is_cross, m.factor, attn.heads)
+                        key = f"{name}.transformer_blocks.{i}.{attn_name}"
+                        attn.place = Place(key, where[name.split(".")[0]], attn.is_cross, m.factor, attn.heads)
 
     def places(self):
         """Every attention Place of this UNet, in call order."""

@@ -29,15 +29,15 @@ class VAEConfig:
         return 2 ** (len(self.ch_mult) - 1)
 
 
-def Normalize(ch, groups):
+def group_norm(ch, groups):
     return GroupNorm(groups, ch, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
     def __init__(self, cin, cout, groups):
         super().__init__()
-        self.norm1, self.conv1 = Normalize(cin, groups), nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2, self.conv2 = Normalize(cout, groups), nn.Conv2d(cout, cout, 3, padding=1)
+        self.norm1, self.conv1 = group_norm(cin, groups), nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2, self.conv2 = group_norm(cout, groups), nn.Conv2d(cout, cout, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x):
@@ -51,7 +51,7 @@ class AttnBlock(nn.Module):
 
     def __init__(self, ch, groups):
         super().__init__()
-        self.norm = Normalize(ch, groups)
+        self.norm = group_norm(ch, groups)
         self.q, self.k, self.v, self.proj_out = (nn.Conv2d(ch, ch, 1) for _ in range(4))
 
     def forward(self, x):
@@ -62,7 +62,9 @@ class AttnBlock(nn.Module):
         return x + self.proj_out(y)
 
 
-class Downsample(nn.Module):
+class PaddedDownsample(nn.Module):
+    """Stride-2 conv after padding right and bottom only (the UNet's Downsample pads all sides)."""
+
     def __init__(self, ch):
         super().__init__()
         self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=0)
@@ -74,7 +76,8 @@ class Downsample(nn.Module):
 class Mid(nn.Module):
     def __init__(self, ch, groups):
         super().__init__()
-        self.block_1, self.attn_1, self.block_2 = ResnetBlock(ch, ch, groups), AttnBlock(ch, groups), ResnetBlock(ch, ch, groups)
+        self.block_1, self.attn_1 = ResnetBlock(ch, ch, groups), AttnBlock(ch, groups)
+        self.block_2 = ResnetBlock(ch, ch, groups)
 
     def forward(self, x):
         return self.block_2(self.attn_1(self.block_1(x)))
@@ -88,7 +91,7 @@ class Level(nn.Module):
         self.block = nn.ModuleList(ResnetBlock(a, b, groups) for a, b in zip(chs[:-1], chs[1:]))
         self.attn = nn.ModuleList()  # empty in SD; keeps the CompVis layout
         if resample is not None:
-            setattr(self, "downsample" if resample is Downsample else "upsample", resample(chs[-1]))
+            setattr(self, "downsample" if resample is PaddedDownsample else "upsample", resample(chs[-1]))
 
     def forward(self, x):
         for block in self.block:
@@ -102,15 +105,15 @@ class Level(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        g, chs = cfg.norm_groups, [cfg.ch * m for m in cfg.ch_mult]
+        groups, chs = cfg.norm_groups, [cfg.ch * m for m in cfg.ch_mult]
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
         ins = [cfg.ch] + chs[:-1]
         last = len(chs) - 1
         self.down = nn.ModuleList(
-            Level([cin] + [cout] * cfg.num_res_blocks, g, Downsample if i != last else None)
+            Level([cin] + [cout] * cfg.num_res_blocks, groups, PaddedDownsample if i != last else None)
             for i, (cin, cout) in enumerate(zip(ins, chs)))
-        self.mid = Mid(chs[-1], g)
-        self.norm_out = Normalize(chs[-1], g)
+        self.mid = Mid(chs[-1], groups)
+        self.norm_out = group_norm(chs[-1], groups)
         self.conv_out = nn.Conv2d(chs[-1], 2 * cfg.z_channels, 3, padding=1)
 
     def forward(self, x):
@@ -123,14 +126,14 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        g, chs = cfg.norm_groups, [cfg.ch * m for m in cfg.ch_mult]
+        groups, chs = cfg.norm_groups, [cfg.ch * m for m in cfg.ch_mult]
         self.conv_in = nn.Conv2d(cfg.z_channels, chs[-1], 3, padding=1)
-        self.mid = Mid(chs[-1], g)
+        self.mid = Mid(chs[-1], groups)
         ins = chs[1:] + [chs[-1]]  # up.i takes what up.i+1 gave (the deepest takes mid's output)
         self.up = nn.ModuleList(
-            Level([cin] + [cout] * (cfg.num_res_blocks + 1), g, Upsample if i != 0 else None)
+            Level([cin] + [cout] * (cfg.num_res_blocks + 1), groups, Upsample if i != 0 else None)
             for i, (cin, cout) in enumerate(zip(ins, chs)))
-        self.norm_out = Normalize(chs[0], g)
+        self.norm_out = group_norm(chs[0], groups)
         self.conv_out = nn.Conv2d(chs[0], cfg.in_channels, 3, padding=1)
 
     def forward(self, z):

@@ -1,4 +1,4 @@
-"""Build weights/tokenizer/ (vocab.json, merges.txt, tokenizer_config.json) from OpenCLIP's BPE file.
+"""Build minip2p/data/tokenizer/ (vocab.json, merges.txt, tokenizer_config.json) from OpenCLIP's BPE file.
 
 The CLIP vocabulary is in no Stable Diffusion checkpoint. The PyPI wheel of open_clip_torch (MIT) ships
 `open_clip/bpe_simple_vocab_16e6.txt.gz`; this script turns it into the files transformers' CLIPTokenizer
@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "weights" / "tokenizer"
+OUT = Path(__file__).resolve().parent.parent / "minip2p" / "data" / "tokenizer"
 N_MERGES = 49152 - 256 - 2  # 48,894, as CLIP's own tokenizer
 
 

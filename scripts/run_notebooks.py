@@ -1,11 +1,12 @@
-"""Execute the notebooks top to bottom on the bundled model and save them with their outputs.
+"""Execute the notebooks top to bottom on the bundled model, in a fresh kernel each, and save them with their outputs.
 
-    python scripts/run_notebooks.py [notebooks/01_prompt_to_prompt.ipynb ...]
+    python scripts/run_notebooks.py [--check] [notebooks/01_prompt_to_prompt.ipynb ...]
 
 The committed notebooks carry outputs so that they read well without running; run this after changing one.
-tests/test_notebooks.py executes them the same way (without saving) and fails on any error.
+--check runs them without saving (what tests/test_notebooks.py does): any error fails, naming the cell.
 """
-import sys
+
+import argparse
 import time
 from pathlib import Path
 
@@ -15,20 +16,29 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def execute(path, timeout=600):
-    """Run every cell of the notebook at `path` in a fresh kernel (cwd: the repo root) -> executed notebook."""
+def execute(path: Path, timeout: int = 600):
+    """Run every cell of the notebook at `path` in a fresh kernel (cwd: the repo root) -> the executed notebook."""
     nb = nbformat.read(str(path), as_version=4)
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     return nb
 
 
+def images(nb) -> int:
+    outputs = (o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    return sum("image/png" in o.get("data", {}) for o in outputs)
+
+
 def main():
-    paths = [Path(p) for p in sys.argv[1:]] or sorted((ROOT / "notebooks").glob("*.ipynb"))
-    for path in paths:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="run without saving")
+    p.add_argument("paths", nargs="*", type=Path)
+    args = p.parse_args()
+    for path in args.paths or sorted((ROOT / "notebooks").glob("*.ipynb")):
         t0 = time.time()
         nb = execute(path)
-        nbformat.write(nb, str(path))
-        print(f"{path}: executed in {time.time() - t0:.0f} s, {path.stat().st_size / 1e3:.0f} kB")
+        if not args.check:
+            nbformat.write(nb, str(path))
+        print(f"{path}: executed in {time.time() - t0:.0f} s, {images(nb)} images")
 
 
 if __name__ == "__main__":

@@ -3,28 +3,28 @@
     python scripts/train_shapes.py vae  --minutes 20            # /4 VAE on rendered scenes
     python scripts/train_shapes.py latents                      # encode the training scenes once
     python scripts/train_shapes.py unet --minutes 90            # UNet + text encoder on the latents
-    python scripts/train_shapes.py export                       # -> weights/shapes.safetensors (fp16)
+    python scripts/train_shapes.py export                       # -> minip2p/data/shapes.safetensors (fp16)
 
 Seeded and resumable: every phase checkpoints to --run (default runs/shapes, git-ignored) every few minutes
 and continues from there when started again; --minutes is a wall-clock budget for this invocation.
 """
 import argparse
 import json
-import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from minip2p import ModelConfig, TextConfig, UNet, UNetConfig, VAE, VAEConfig, save_checkpoint  # noqa: E402
-from minip2p import shapes  # noqa: E402
-from minip2p.ddim import DDIM  # noqa: E402
-from minip2p.text import build_text_encoder, load_tokenizer, tokenize  # noqa: E402
+from minip2p import VAE, ModelConfig, TextConfig, UNet, UNetConfig, VAEConfig, save_checkpoint, shapes
+from minip2p.checkpoint import BUNDLED_MODEL
+from minip2p.ddim import DDIM
+from minip2p.evaluation import psnr
+from minip2p.images import to_tensor
+from minip2p.text import build_text_encoder, load_tokenizer, tokenize
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ModelConfig(
@@ -41,10 +41,6 @@ def log(run, msg):
     print(line, flush=True)
     with open(run / "log.txt", "a") as f:
         f.write(line + "\n")
-
-
-def to_tensor(imgs):
-    return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def scenes(n, seed, p_omit=0.0):
@@ -66,11 +62,6 @@ def save_state(path, model, opt, step, extra=None):
 
 def load_state(path):
     return torch.load(path, weights_only=True) if path.exists() else None
-
-
-def psnr(a, b):
-    mse = ((a.clamp(-1, 1) - b) / 2).pow(2).mean().item()
-    return 10 * math.log10(1 / max(mse, 1e-12))
 
 
 def train_vae(args, run):
@@ -105,14 +96,15 @@ def train_vae(args, run):
         step += 1
         if step % 100 == 0:
             with torch.no_grad():
-                p = psnr(vae.decode(vae.encode(held[:64])[0]), held[:64])
+                p = psnr(vae.decode(vae.encode(held[:64])[0]).clamp(-1, 1), held[:64], peak=2.0)
             log(run, f"vae step {step} loss {loss.item():.5f} held-out PSNR {p:.2f} dB")
         if time.time() > t_save:
             save_state(run / "vae.pt", vae, opt, step, {"decoder_only": args.decoder_only})
             t_save = time.time() + 300
     save_state(run / "vae.pt", vae, opt, step, {"decoder_only": args.decoder_only})
     with torch.no_grad():
-        p = psnr(torch.cat([vae.decode(vae.encode(held[i:i + 64])[0]) for i in range(0, 256, 64)]), held)
+        rec = torch.cat([vae.decode(vae.encode(held[i : i + 64])[0]) for i in range(0, 256, 64)])
+        p = psnr(rec.clamp(-1, 1), held, peak=2.0)
     log(run, f"vae done at step {step}: held-out PSNR {p:.2f} dB on 256 scenes")
 
 
@@ -138,7 +130,10 @@ def prompt_for(spec_json, rng, p_omit, p_empty):
     if rng.random() < p_empty:
         return ""
     bg, *objs = json.loads(spec_json)
-    drop = lambda v: None if rng.random() < p_omit else v
+
+    def drop(v):
+        return None if rng.random() < p_omit else v
+
     spec = shapes.Spec([shapes.Obj(drop(c), drop(s)) for c, s in objs], drop(bg))
     if rng.random() < 0.5 and len(spec.objects) == 2:  # both orders describe the same scene
         spec.objects.reverse()
@@ -148,7 +143,6 @@ def prompt_for(spec_json, rng, p_omit, p_empty):
 def train_unet(args, run):
     torch.manual_seed(args.seed)
     data = load_file(str(run / "latents.safetensors"))
-    from safetensors import safe_open
     with safe_open(str(run / "latents.safetensors"), "pt") as f:
         meta = f.metadata()
     specs, scale = json.loads(meta["specs"]), float(meta["scale"])
@@ -218,7 +212,6 @@ def train_unet(args, run):
 
 
 def export(args, run):
-    from safetensors import safe_open
     with safe_open(str(run / "latents.safetensors"), "pt") as f:
         scale = float(f.metadata()["scale"])
     cfg = ModelConfig(**{**CONFIG.__dict__})
@@ -249,7 +242,7 @@ def main():
     p.add_argument("--decoder-only", action="store_true", help="vae: train only the decoder (latents stay valid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--to", default=str(ROOT / "weights" / "shapes.safetensors"), help="export target")
+    p.add_argument("--to", default=str(BUNDLED_MODEL), help="export target (default: the bundled model)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

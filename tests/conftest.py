@@ -1,16 +1,66 @@
+"""Shared fixtures: random checkpoints in the real layouts, the models built from them, and diffusers as the
+oracle (through its own single-file converters)."""
+
 import pytest
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
 
-from helpers import small_config, write_checkpoint
-
+import minip2p
+from minip2p import TextConfig
+from minip2p.testing import ldm_config, small_config, write_checkpoint
+from minip2p.text import build_text_encoder, load_tokenizer
 
 
 @pytest.fixture(scope="session")
 def small_ckpt(tmp_path_factory):
     """Small SD1- and SD2-shaped random checkpoints on disk: {family: (path, state_dict, config)}."""
     out = {}
-    for family in ("sd1", "sd2"):
+    for seed, family in enumerate(("sd1", "sd2"), start=1):
         cfg = small_config(family)
         path = tmp_path_factory.mktemp(family) / f"small_{family}.safetensors"
-        sd = write_checkpoint(path, cfg, seed=1 if family == "sd1" else 2)
-        out[family] = (path, sd, cfg)
+        out[family] = (path, write_checkpoint(path, cfg, seed=seed), cfg)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pipe(small_ckpt):
+    """The small random SD1-shaped model (64x64 images, 8x8 latents)."""
+    return minip2p.load(small_ckpt["sd1"][0])
+
+
+@pytest.fixture(scope="session")
+def shapes_pipe():
+    """The bundled shapes-world model."""
+    return minip2p.load()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return load_tokenizer(TextConfig.sd1())
+
+
+def diffusers_text_encoder(sd, cfg):
+    """The text encoder as diffusers reads it from a single file: SD1 through its CLIP converter; SD2 through its
+    OpenCLIP converter, into a CLIPTextModel one layer short (diffusers' way of taking the penultimate layer)."""
+    if cfg.family == "sd2":
+        model = build_text_encoder(TextConfig(**{**cfg.text.__dict__, "num_layers": cfg.text.num_layers - 1}))
+        dropped = f"encoder.layers.{cfg.text.num_layers - 1}."
+        conv = {k.removeprefix("text_model."): v for k, v in convert_open_clip_checkpoint(model, sd).items()}
+        conv = {k: v for k, v in conv.items() if not k.startswith(dropped) and k != "text_projection.weight"}
+    else:
+        model = build_text_encoder(cfg.text)
+        conv = {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(sd).items()}
+        conv.pop("embeddings.position_ids", None)
+    model.load_state_dict(conv, strict=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def diffusers_models(small_ckpt):
+    """{family: (UNet2DConditionModel, AutoencoderKL, CLIPTextModel)}, diffusers' reading of the small files."""
+    out = {}
+    for family, (path, sd, cfg) in small_ckpt.items():
+        unet = UNet2DConditionModel.from_single_file(str(path), original_config=ldm_config(cfg))
+        vae = AutoencoderKL.from_single_file(str(path), original_config=ldm_config(cfg))
+        out[family] = (unet.eval(), vae.eval(), diffusers_text_encoder(sd, cfg))
     return out

@@ -5,25 +5,24 @@ import torch
 from diffusers import DDIMScheduler
 
 import minip2p
-from helpers import diffusers_text_encoder, diffusers_unet, diffusers_vae
 from minip2p.checkpoint import CheckpointError
 
 
-def save_folder(tmp_path, sd, cfg, tokenizer, prediction="epsilon"):
+def save_folder(tmp_path, models, tokenizer, prediction="epsilon"):
+    """What diffusers' save_pretrained writes for the models it read from our single file."""
     folder = tmp_path / "model"
-    diffusers_unet(sd, cfg).save_pretrained(folder / "unet")
-    diffusers_vae(sd, cfg).save_pretrained(folder / "vae")
-    diffusers_text_encoder(sd, cfg).save_pretrained(folder / "text_encoder")
+    for name, model in zip(("unet", "vae", "text_encoder"), models):
+        model.save_pretrained(folder / name)
     tokenizer.save_pretrained(folder / "tokenizer")
     DDIMScheduler(prediction_type=prediction).save_pretrained(folder / "scheduler")
     return folder
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
-def test_folder_equals_single_file(tmp_path, small_ckpt, family):
-    path, sd, cfg = small_ckpt[family]
+def test_folder_equals_single_file(tmp_path, small_ckpt, diffusers_models, family):
+    path, _, cfg = small_ckpt[family]
     single = minip2p.load(path)
-    folder = minip2p.load(save_folder(tmp_path, sd, cfg, single.tokenizer))
+    folder = minip2p.load(save_folder(tmp_path, diffusers_models[family], single.tokenizer))
     assert folder.config.unet == single.config.unet and folder.config.vae == single.config.vae
     x, ctx = torch.randn(1, 4, 16, 16), torch.randn(1, 77, cfg.unet.context_dim)
     with torch.no_grad():
@@ -36,10 +35,8 @@ def test_folder_equals_single_file(tmp_path, small_ckpt, family):
     assert folder.tokenizer.pad_token == single.tokenizer.pad_token
 
 
-def test_folder_prediction_type_and_errors(tmp_path, small_ckpt):
-    path, sd, cfg = small_ckpt["sd1"]
-    single = minip2p.load(path)
-    folder = save_folder(tmp_path, sd, cfg, single.tokenizer, prediction="v_prediction")
+def test_folder_prediction_type_and_errors(tmp_path, diffusers_models, pipe):
+    folder = save_folder(tmp_path, diffusers_models["sd1"], pipe.tokenizer, prediction="v_prediction")
     assert minip2p.load(folder).config.prediction == "v"
     for f in (folder / "unet").glob("*.safetensors"):
         f.rename(f.with_suffix(".bin"))

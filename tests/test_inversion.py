@@ -5,8 +5,9 @@ import torch
 from PIL import Image
 
 import minip2p
-from minip2p.inversion import Inversion, load_image
-from minip2p.p2p import Replace
+from minip2p import Inversion, Replace
+from minip2p.ddim import DDIM
+from minip2p.images import load_image
 
 
 def test_load_image_modes_orientation_and_crop(tmp_path):
@@ -45,11 +46,6 @@ def test_load_image_errors(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def pipe(small_ckpt):
-    return minip2p.load(small_ckpt["sd1"][0])
-
-
-@pytest.fixture(scope="module")
 def image(pipe):
     return pipe.generate(["a red circle"], seed=5, steps=10, progress=False)[0]
 
@@ -60,7 +56,6 @@ def test_ddim_inversion_of_a_generated_trajectory_returns_near_its_noise(pipe):
     x0 = pipe.sample(["a red circle"], latents=noise, steps=20, guidance_scale=1.0, steps_offset=0, progress=False)
     inv = pipe.invert(pipe.decode(x0), "a red circle", method="ddim", steps=20, progress=False)
     # through the VAE the start point moves a little; compare the inversion of x0 itself too
-    from minip2p.ddim import DDIM
     ddim, x = DDIM(20, 0), x0
     cond = pipe.encode_prompts(["a red circle"])
     with torch.no_grad():
@@ -94,7 +89,10 @@ def test_inversion_save_load_and_edit(pipe, image, tmp_path):
     assert torch.equal(back.latent, inv.latent) and back.method == "negative-prompt" and back.steps == 4
     prompts = ["a red circle", "a blue circle"]
     a, b = pipe.generate(prompts, inversion=back, controller=Replace(prompts, pipe.tokenizer), progress=False)
-    assert a.size == (64, 64)
+    reconstruction = pipe.generate(prompts[:1], inversion=inv, progress=False)[0]
+    a, b, reconstruction = (np.asarray(im, dtype=int) for im in (a, b, reconstruction))
+    assert np.abs(a - reconstruction).max() <= 1  # the source branch is the reconstruction (the saved inversion)
+    assert np.abs(b - a).max() > 10  # and the edited branch is not
     with pytest.raises(ValueError, match="steps=9 differs from the inversion's 4"):
         pipe.generate(prompts, inversion=back, steps=9)
     with pytest.raises(ValueError, match="negative_prompt cannot be used with an inversion"):

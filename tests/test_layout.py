@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from minip2p import ModelConfig, UNet, VAE
-from minip2p.checkpoint import CLIP, OPENCLIP, UNET, VAE_, openclip_to_clip
+from minip2p.checkpoint import CLIP_PREFIX, OPENCLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, openclip_to_clip
 from minip2p.text import build_text_encoder
 
 DATA = Path(__file__).parent / "data"
@@ -24,12 +24,12 @@ def test_unet_and_vae_keys_and_shapes_equal_the_real_checkpoint(family):
     cfg = ModelConfig.sd1() if family == "sd1" else ModelConfig.sd2()
     with torch.device("meta"):
         unet, vae = UNet(cfg.unet), VAE(cfg.vae)
-    ours = {UNET + k: tuple(v.shape) for k, v in unet.state_dict().items()}
-    ours.update({VAE_ + k: tuple(v.shape) for k, v in vae.state_dict().items()})
-    ref = {k: v for k, v in reference(family).items() if k.startswith((UNET, VAE_))}
+    ours = {UNET_PREFIX + k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    ours.update({VAE_PREFIX + k: tuple(v.shape) for k, v in vae.state_dict().items()})
+    ref = {k: v for k, v in reference(family).items() if k.startswith((UNET_PREFIX, VAE_PREFIX))}
     assert sorted(ours) == sorted(ref)
     assert {k: s for k, s in ours.items() if ref[k] != s} == {}
-    assert len(ours) == 934 and sum(torch.Size(s).numel() for k, s in ours.items() if k.startswith(UNET)) == \
+    assert len(ours) == 934 and sum(torch.Size(s).numel() for k, s in ours.items() if k.startswith(UNET_PREFIX)) == \
         (859_520_964 if family == "sd1" else 865_910_724)
 
 
@@ -39,7 +39,7 @@ def test_text_encoder_keys_and_shapes_equal_the_real_checkpoint(family):
     with torch.device("meta"):
         text = build_text_encoder(cfg.text)
     ours = {k: tuple(v.shape) for k, v in text.state_dict().items()}
-    prefix = CLIP if family == "sd1" else OPENCLIP
+    prefix = CLIP_PREFIX if family == "sd1" else OPENCLIP_PREFIX
     ref = {k[len(prefix):]: v for k, v in reference(family).items() if k.startswith(prefix)}
     if family == "sd2":  # map the reference's OpenCLIP names through our key table (shapes via meta tensors)
         ref = {k: tuple(v.shape) for k, v in openclip_to_clip({k: torch.empty(s, device="meta") for k, s in ref.items()}).items()}

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import save_file
 
 import minip2p
-from minip2p.checkpoint import META_KEY, UNET, CheckpointError
+from minip2p.checkpoint import META_KEY, UNET_PREFIX, CheckpointError
 
 
 def resave(sd, cfg, path, change):
@@ -41,7 +41,7 @@ def test_pickle_is_refused_with_a_way_to_convert(tmp_path):
 
 def test_missing_unet_key(tmp_path, small_ckpt):
     _, sd, cfg = small_ckpt["sd1"]
-    key = UNET + "middle_block.1.proj_out.weight"
+    key = UNET_PREFIX + "middle_block.1.proj_out.weight"
     path = resave(sd, cfg, tmp_path / "m.safetensors", lambda d: d.pop(key))
     with pytest.raises(CheckpointError, match=r"(?s)m\.safetensors: the UNet weights.*1 missing keys, e\.g\. " + key):
         minip2p.load(path)
@@ -57,7 +57,7 @@ def test_extra_vae_key(tmp_path, small_ckpt):
 
 def test_wrong_shape(tmp_path, small_ckpt):
     _, sd, cfg = small_ckpt["sd1"]
-    key = UNET + "out.2.weight"
+    key = UNET_PREFIX + "out.2.weight"
     path = resave(sd, cfg, tmp_path / "s.safetensors", lambda d: d.__setitem__(key, torch.zeros(3, 32, 3, 3)))
     with pytest.raises(CheckpointError, match=r"(?s)shape mismatches, e\.g\. " + key + r": file \[3, 32, 3, 3\], "
                                               r"expected \[4, 32, 3, 3\]"):
@@ -88,7 +88,7 @@ def test_schedule_buffers_and_ema_are_ignored(tmp_path, small_ckpt):
     extra = {"betas": torch.zeros(1000), "alphas_cumprod": torch.zeros(1000), "model_ema.decay": torch.tensor(1.0),
              "model_ema.diffusion_modelout2weight": torch.zeros(4, 32, 3, 3)}
     pipe = minip2p.load(resave(sd, cfg, tmp_path / "b.safetensors", lambda d: d.update(extra)))
-    assert torch.equal(pipe.unet.out[2].weight, sd[UNET + "out.2.weight"])
+    assert torch.equal(pipe.unet.out[2].weight, sd[UNET_PREFIX + "out.2.weight"])
 
 
 def test_dtype_device_and_prediction_arguments(small_ckpt):

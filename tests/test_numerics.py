@@ -5,11 +5,11 @@ import torch.nn.functional as F
 from minip2p import UNet, UNetConfig, VAE, VAEConfig
 from minip2p.layers import GroupNorm, timestep_embedding
 from minip2p.unet import ResBlock, SpatialTransformer
-from minip2p.vae import Downsample
+from minip2p.vae import PaddedDownsample
 
 
 def test_vae_downsample_pads_right_and_bottom_only():
-    down = Downsample(1)
+    down = PaddedDownsample(1)
     with torch.no_grad():
         down.conv.weight.fill_(1.0)
         down.conv.bias.zero_()
@@ -36,12 +36,6 @@ def test_timestep_embedding_is_cos_then_sin():
     assert torch.equal(e[0], torch.tensor([1.0] * 4 + [0.0] * 4))
     freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(4) / 4)
     assert torch.allclose(e[1], torch.cat([torch.cos(10 * freqs), torch.sin(10 * freqs)]))
-
-
-def test_scale_factor_is_config_not_weights():
-    vae = VAE(VAEConfig())
-    assert VAEConfig().scale_factor == 0.18215
-    assert not any("scale" in k for k in vae.state_dict())
 
 
 def test_group_norm_runs_in_fp32_for_half_inputs():

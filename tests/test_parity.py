@@ -1,13 +1,18 @@
-"""Parity with an independent implementation: diffusers' models, built by diffusers' own CompVis converters from
-the same random single-file checkpoint that minip2p.load reads."""
+"""Parity with an independent implementation: diffusers' models, read by diffusers' own single-file loader and
+converters from the same random checkpoint that minip2p.load reads. Each test prints the difference it measured
+(`python -m pytest tests/test_parity.py -s`: the figures in docs/RESULTS.md)."""
+
+import inspect
+
 import pytest
 import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
 import minip2p
-from helpers import diffusers_text_encoder, diffusers_unet, diffusers_vae, write_checkpoint
+from minip2p.testing import ldm_config, write_checkpoint
 from minip2p.text import encode_text, tokenize
 
-TOL = 1e-4
+TOL = 1e-4  # float noise of fp32 on values of magnitude ~1
 
 
 def inputs(cfg, size=16, batch=2):
@@ -17,22 +22,27 @@ def inputs(cfg, size=16, batch=2):
     return x, ctx, g
 
 
+def report(what, diff):
+    print(f"\n{what}: max |minip2p - diffusers| = {diff:.2e}")
+    return diff
+
+
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
-def test_unet_equals_diffusers(small_ckpt, family):
-    path, sd, cfg = small_ckpt[family]
-    pipe, ref = minip2p.load(path), diffusers_unet(sd, cfg)
+def test_unet_equals_diffusers(small_ckpt, diffusers_models, family):
+    path, _, cfg = small_ckpt[family]
+    pipe, ref = minip2p.load(path), diffusers_models[family][0]
     x, ctx, _ = inputs(cfg)
     t = torch.tensor([981, 21])
     with torch.no_grad():
         ours, theirs = pipe.unet(x, t, ctx), ref(x, t, ctx).sample
-    assert ours.abs().mean() > 0.1
-    assert (ours - theirs).abs().max() < TOL
+    assert ours.abs().mean() > 0.1  # a real output, not a collapsed one
+    assert report(f"{family} UNet", (ours - theirs).abs().max()) < TOL
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
-def test_vae_encode_and_decode_equal_diffusers(small_ckpt, family):
-    path, sd, cfg = small_ckpt[family]
-    pipe, ref = minip2p.load(path), diffusers_vae(sd, cfg)
+def test_vae_encode_and_decode_equal_diffusers(small_ckpt, diffusers_models, family):
+    path, _, cfg = small_ckpt[family]
+    pipe, ref = minip2p.load(path), diffusers_models[family][1]
     x, _, g = inputs(cfg)
     image = torch.rand(1, 3, 64, 48, generator=g) * 2 - 1  # not square: catches h/w swaps
     with torch.no_grad():
@@ -40,62 +50,76 @@ def test_vae_encode_and_decode_equal_diffusers(small_ckpt, family):
         dist = ref.encode(image).latent_dist
         decoded, ref_decoded = pipe.vae.decode(x), ref.decode(x).sample
     assert mean.shape == (1, 4, 8, 6)
-    assert (mean - dist.mean).abs().max() < TOL and (logvar - dist.logvar).abs().max() < TOL
-    assert decoded.abs().mean() > 0.1 and (decoded - ref_decoded).abs().max() < TOL
+    assert report(f"{family} VAE encode (mean)", (mean - dist.mean).abs().max()) < TOL
+    assert report(f"{family} VAE encode (logvar)", (logvar - dist.logvar).abs().max()) < TOL
+    assert decoded.abs().mean() > 0.1
+    assert report(f"{family} VAE decode", (decoded - ref_decoded).abs().max()) < TOL
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
-def test_text_encoder_equals_diffusers(small_ckpt, family):
-    path, sd, cfg = small_ckpt[family]
-    pipe, ref = minip2p.load(path), diffusers_text_encoder(sd, cfg)
+def test_text_encoder_equals_diffusers(small_ckpt, diffusers_models, family):
+    path, _, cfg = small_ckpt[family]
+    pipe, ref = minip2p.load(path), diffusers_models[family][2]
     ids = tokenize(pipe.tokenizer, ["a photo of a cat", "a red circle and a blue square"])
     with torch.no_grad():
         ours, theirs = encode_text(pipe.text_encoder, ids, cfg.text.penultimate), ref(ids).last_hidden_state
-    assert (ours - theirs).abs().max() < TOL
-    if family == "sd2":  # OpenCLIP pads with "!" (id 0), not end-of-text
-        assert ids[0, -1] == 0
-    else:
-        assert ids[0, -1] == 49407
+    assert report(f"{family} text encoder", (ours - theirs).abs().max()) < TOL
+    assert ids[0, -1] == (0 if family == "sd2" else 49407)  # OpenCLIP pads with "!" (id 0), CLIP with end-of-text
 
 
-def test_generate_equals_diffusers_pipeline(small_ckpt):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-    path, sd, cfg = small_ckpt["sd1"]
-    pipe = minip2p.load(path)
+def test_scale_factor_is_config_and_equals_diffusers_default(pipe):
+    """The VAE's latent scale is not in the weights: it is SD's 0.18215 by default (diffusers' own default for
+    AutoencoderKL), and the latents the UNet sees are the VAE's mean times it."""
+    default = inspect.signature(AutoencoderKL.__init__).parameters["scaling_factor"].default
+    assert minip2p.VAEConfig().scale_factor == default
+    assert not any("scale" in k for k in pipe.vae.state_dict())
+    image = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        mean = pipe.vae.encode(image)[0]
+        assert torch.equal(pipe.encode(image), mean * pipe.config.vae.scale_factor)
+        assert torch.allclose(pipe.decode(pipe.encode(image)), pipe.vae.decode(mean), atol=1e-5)
+
+
+def test_generate_equals_diffusers_pipeline(small_ckpt, diffusers_models, pipe):
+    unet, vae, text_encoder = diffusers_models["sd1"]
     sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                           set_alpha_to_one=False, steps_offset=1)
-    ref = StableDiffusionPipeline(vae=diffusers_vae(sd, cfg), text_encoder=diffusers_text_encoder(sd, cfg),
-                                  tokenizer=pipe.tokenizer, unet=diffusers_unet(sd, cfg), scheduler=sched,
-                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    ref = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=pipe.tokenizer, unet=unet,
+                                  scheduler=sched, safety_checker=None, feature_extractor=None,
+                                  requires_safety_checker=False)
     ref.set_progress_bar_config(disable=True)
     prompts = ["a red circle on a white background", "a blue square"]
     latent = pipe.initial_latent(3, 128, 128)
-    with torch.no_grad():
-        ours = pipe.decode(pipe.sample(prompts, steps=5, height=128, width=128, latents=latent, progress=False))
-        ours = (ours / 2 + 0.5).clamp(0, 1)
-        theirs = ref(prompts, height=128, width=128, num_inference_steps=5, guidance_scale=7.5,
-                     latents=latent.expand(2, -1, -1, -1).clone(), output_type="pt").images
+    ours = pipe.generate(prompts, steps=5, height=128, width=128, latents=latent, progress=False, output="tensor")
+    theirs = ref(prompts, height=128, width=128, num_inference_steps=5, guidance_scale=7.5,
+                 latents=latent.expand(2, -1, -1, -1).clone(), output_type="pt").images
+    ours = (ours / 2 + 0.5).clamp(0, 1)
     assert ours.shape == theirs.shape == (2, 3, 128, 128)
-    assert (ours - theirs).abs().max() < 1e-3
+    assert report("generate, 5 steps", (ours - theirs).abs().max()) < 1e-3  # after 5 steps and the VAE
     assert (ours[0] - ours[1]).abs().max() > 1e-2  # the two prompts really differ
 
 
+@pytest.mark.slow
 def test_full_size_sd1_equals_diffusers(tmp_path):
     """The real SD1 shapes, end to end through a file written like v1-5-pruned-emaonly.safetensors (no config in
     it, schedule buffers, an EMA entry and position_ids that the loader must ignore)."""
     cfg = minip2p.ModelConfig.sd1()
-    extra = {"betas": torch.linspace(0.00085, 0.012, 1000), "alphas_cumprod": torch.rand(1000),
-             "model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(0),
-             "cond_stage_model.transformer.text_model.embeddings.position_ids": torch.arange(77)[None]}
-    sd = write_checkpoint(tmp_path / "sd15.safetensors", cfg, seed=5, with_config=False, extra=extra)
-    pipe = minip2p.load(tmp_path / "sd15.safetensors")
+    extra = {
+        "betas": torch.linspace(0.00085, 0.012, 1000),
+        "alphas_cumprod": torch.rand(1000),
+        "model_ema.decay": torch.tensor(0.9999),
+        "model_ema.num_updates": torch.tensor(0),
+        "cond_stage_model.transformer.text_model.embeddings.position_ids": torch.arange(77)[None],
+    }
+    path = tmp_path / "sd15.safetensors"
+    write_checkpoint(path, cfg, seed=5, with_config=False, extra=extra)
+    pipe = minip2p.load(path)
     assert pipe.config.family == "sd1"
     x, ctx, _ = inputs(cfg, size=32, batch=1)
     with torch.no_grad():
         ours = pipe.unet(x, 500, ctx)
         del pipe
-        ref = diffusers_unet(sd, cfg)
-        del sd
+        ref = UNet2DConditionModel.from_single_file(str(path), original_config=ldm_config(cfg))
         theirs = ref(x, 500, ctx).sample
     assert ours.abs().mean() > 0.1
-    assert (ours - theirs).abs().max() < TOL
+    assert report("full-size SD1 UNet, 32x32 latent", (ours - theirs).abs().max()) < TOL

@@ -1,18 +1,10 @@
-"""Text-to-image: determinism, shared noise, sizes, bad arguments, and the CLI."""
-import subprocess
-import sys
+"""Text-to-image: determinism, shared noise, sizes, outputs, devices and dtypes, bad arguments."""
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import minip2p
-
-
-@pytest.fixture(scope="module")
-def pipe(small_ckpt):
-    return minip2p.load(small_ckpt["sd1"][0])
 
 
 def test_same_seed_gives_bit_identical_images(pipe):
@@ -24,10 +16,36 @@ def test_same_seed_gives_bit_identical_images(pipe):
     assert a[0].size == (64, 64) and a[0].mode == "RGB"
 
 
+def test_a_generator_is_a_seed(pipe):
+    by_seed = pipe.generate(["a cat"], seed=5, steps=2, eta=0.5, progress=False, output="tensor")
+    g = torch.Generator().manual_seed(5)
+    by_generator = pipe.generate(["a cat"], generator=g, steps=2, eta=0.5, progress=False, output="tensor")
+    assert torch.equal(by_seed, by_generator)
+
+
+def test_no_seed_draws_one_and_says_which(pipe, capsys):
+    a = pipe.generate(["a cat"], steps=2, progress=False, output="latent")
+    said = capsys.readouterr().err
+    assert said.startswith("seed ") and "pass seed=" in said
+    seed = int(said.split()[1])
+    assert torch.equal(a, pipe.generate(["a cat"], seed=seed, steps=2, progress=False, output="latent"))
+
+
 def test_every_prompt_starts_from_the_same_noise(pipe):
     """Two identical prompts in one batch give identical images: one latent is shared by the batch."""
     a, b = pipe.generate(["a cat", "a cat"], seed=3, steps=2, progress=False)
     assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_outputs_are_one_computation(pipe):
+    latent = pipe.generate(["a cat"], seed=1, steps=2, progress=False, output="latent")
+    tensor = pipe.generate(["a cat"], seed=1, steps=2, progress=False, output="tensor")
+    image = pipe.generate(["a cat"], seed=1, steps=2, progress=False)[0]
+    assert latent.shape == (1, 4, 8, 8) and tensor.shape == (1, 3, 64, 64)
+    assert torch.equal(tensor, pipe.decode(latent))
+    assert np.array_equal(np.asarray(image), minip2p.images.to_uint8(tensor)[0])
+    with pytest.raises(ValueError, match="output must be one of"):
+        pipe.generate(["a cat"], steps=1, output="png")
 
 
 def test_eta_adds_seeded_noise(pipe):
@@ -50,6 +68,8 @@ def test_bad_latents_and_prompts(pipe):
         pipe.sample(["cat " * 100], steps=1)
     with pytest.raises(ValueError, match="at least one prompt"):
         pipe.sample([], steps=1)
+    with pytest.raises(TypeError):
+        pipe.generate(["a cat"], 1)  # options are keyword-only: a seed passed by position is an error
 
 
 def test_prompt_changes_the_image_through_cross_attention(pipe):
@@ -57,27 +77,21 @@ def test_prompt_changes_the_image_through_cross_attention(pipe):
     assert (a - b).abs().max() > 1e-3
 
 
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "minip2p", *args], capture_output=True, text=True, cwd=cwd)
+def test_to_moves_and_casts_every_model(small_ckpt):
+    pipe = minip2p.load(small_ckpt["sd1"][0])
+    fp32 = pipe.generate(["a cat"], seed=1, steps=2, progress=False, output="tensor")
+    assert pipe.to(dtype=torch.bfloat16) is pipe
+    assert {p.dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters()} == {torch.bfloat16}
+    bf16 = pipe.generate(["a cat"], seed=1, steps=2, progress=False, output="tensor")
+    assert bf16.dtype == torch.bfloat16 and torch.isfinite(bf16).all()
+    assert (bf16.float() - fp32).abs().mean() < 0.05  # the same image, to bf16's precision
+    pipe.to(device="cpu", dtype=torch.float32)  # back (with the weights rounded to bf16 on the way)
+    assert pipe.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32 and pipe.device.type == "cpu"
 
 
-def test_cli_generate(small_ckpt, tmp_path):
-    out = tmp_path / "out.png"
-    r = run_cli("generate", "--weights", str(small_ckpt["sd1"][0]), "--prompt", "a red circle", "--seed", "1",
-                "--steps", "2", "--out", str(out), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert f"wrote {out}" in r.stdout and Image.open(out).size == (64, 64)
-
-
-def test_cli_errors_are_one_clear_line(tmp_path):
-    r = run_cli("generate", "--weights", str(tmp_path / "missing.safetensors"), "--prompt", "x", cwd=tmp_path)
-    assert r.returncode != 0 and "error: checkpoint not found:" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("generate", "--prompt", "x", "--out", str(tmp_path / "out.txt"), cwd=tmp_path)
-    assert r.returncode != 0 and "give an image file name" in r.stderr
-
-
-def test_cli_demo_writes_a_grid(tmp_path):
-    r = run_cli("demo", "--steps", "2", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert Image.open(tmp_path / "demo.png").size == (6 * 384, 384 + 14)  # 2 sources + 4 edits
-    assert "4 Prompt-to-Prompt edits" in r.stdout
+def test_an_unavailable_device_is_a_one_line_error(small_ckpt, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU build of torch
+    with pytest.raises(ValueError, match=r"device 'cuda' is not available: this torch .* is built"):
+        minip2p.load(small_ckpt["sd1"][0], device="cuda")
+    with pytest.raises(ValueError, match="'gpu' is not a device name"):
+        minip2p.load(small_ckpt["sd1"][0], device="gpu")

@@ -5,12 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 import minip2p
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "train_shapes.py"
+pytestmark = pytest.mark.slow
 
 
 def train(*args):

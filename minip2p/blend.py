@@ -1,0 +1,109 @@
+"""LocalBlend: confine an edit to the region of some words, by copying the source's latents everywhere else."""
+
+import torch
+import torch.nn.functional as F
+
+from . import defaults
+from .align import MAX_TOKENS, word_token_indices
+from .attention import Place
+
+
+def map_factor(fraction: float, latent_h: int, min_size: int = defaults.MIN_MAP_SIZE) -> int:
+    """Downsampling factor of the maps at `fraction` of the latent size (the paper's 16x16 of a 64x64 latent is
+    1/4), made finer where that would leave maps under min_size cells (a 16x16 latent would give 4x4)."""
+    factor = max(1, round(1 / fraction))
+    while factor > 1 and latent_h // factor < min(min_size, latent_h):
+        factor //= 2
+    return factor
+
+
+def check_fraction(value, what: str, low_open: bool = False) -> float:
+    if not (0 < value <= 1 if low_open else 0 <= value <= 1):
+        raise ValueError(f"LocalBlend {what} must be a number in {'(0' if low_open else '[0'}, 1], not {value!r}")
+    return float(value)
+
+
+class LocalBlend:
+    """After each step from `start_blend` on, latents outside a mask are taken from the source. The mask is where
+    the words' cross-attention (mean over the steps so far, heads and the down/up places at `res_fraction` of the
+    latent size, 16x16 for a 64x64 latent) exceeds `threshold` of its maximum, for the source's words or the
+    target's; `subtract` words cut their region out; `mask` (any size, resized to the latent) replaces the
+    attention mask altogether. Maps coarser than 8x8 are not used (see `map_factor`).
+
+    An edit drives it: `bind` (the words' tokens, when the edit is made), `start` (before sampling), `reads` /
+    `observe` (the maps of the places it reads), `blend` (after each step)."""
+
+    def __init__(
+        self,
+        words,
+        threshold: float = defaults.BLEND_THRESHOLD,
+        start_blend: float = defaults.START_BLEND,
+        subtract=None,
+        mask=None,
+        res_fraction: float = defaults.BLEND_RES_FRACTION,
+    ):
+        self.words, self.subtract, self.user_mask = words, subtract, mask
+        self.threshold = check_fraction(threshold, "threshold")
+        self.start_blend = check_fraction(start_blend, "start_blend")
+        self.res_fraction = check_fraction(res_fraction, "res_fraction (the map size as a fraction of the latent)", True)
+
+    def bind(self, prompts, tokenizer):
+        """One word (or list of words) per prompt -> which tokens of each prompt the mask is read from."""
+
+        def token_alphas(words):
+            if words is None:
+                return None
+            if len(words) != len(prompts):
+                raise ValueError(
+                    f"LocalBlend needs one word (or list of words) per prompt: {len(prompts)} prompts, {len(words)} entries"
+                )
+            alpha = torch.zeros(len(prompts), MAX_TOKENS)
+            for p, (prompt, ws) in enumerate(zip(prompts, words)):
+                for w in [ws] if isinstance(ws, (str, int)) else ws:
+                    alpha[p, word_token_indices(prompt, w, tokenizer)] = 1
+            return alpha
+
+        self.alpha, self.sub_alpha = token_alphas(self.words), token_alphas(self.subtract)
+
+    def start(self, steps: int, latent_hw: tuple, device=None):
+        self.start_step, self.latent_hw = int(self.start_blend * steps), latent_hw
+        self.factor = map_factor(self.res_fraction, latent_hw[0])
+        self.alpha = self.alpha.to(device)
+        self.sub_alpha = None if self.sub_alpha is None else self.sub_alpha.to(device)
+        self.sum, self.step_maps = None, []
+
+    def reads(self, place: Place) -> bool:
+        return place.is_cross and place.factor == self.factor and place.where in ("down", "up")
+
+    def observe(self, cond: torch.Tensor, place: Place):
+        """cond: (P, heads, n, 77) maps of the conditional half."""
+        self.step_maps.append(cond.mean(1))
+
+    def region(self, maps, alpha, pool: bool) -> torch.Tensor:
+        m = (maps * alpha[:, None, None, :]).sum(-1)[:, None]  # (P, 1, h, w)
+        if pool:
+            m = F.max_pool2d(m, 3, stride=1, padding=1)
+        m = F.interpolate(m, size=self.latent_hw)
+        m = m / m.amax(dim=(2, 3), keepdim=True).clamp(min=1e-12)
+        return m > self.threshold
+
+    def mask(self, dtype) -> torch.Tensor:
+        """(P, 1, h, w) (or (1, 1, h, w) for a user mask): 1 where a prompt keeps its own latents."""
+        if self.user_mask is not None:
+            m = torch.as_tensor(self.user_mask, dtype=dtype)
+            return F.interpolate(m.reshape(1, 1, *m.shape[-2:]), size=self.latent_hw)
+        mask = self.region(self.sum, self.alpha, pool=True)
+        mask = mask[:1] | mask  # the source's region and each target's
+        if self.sub_alpha is not None:
+            mask = mask & ~self.region(self.sum, self.sub_alpha, pool=False)
+        return mask.to(dtype)
+
+    def blend(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        if self.step_maps:  # this step's maps, averaged over places, added to the running sum
+            h, w = (s // self.factor for s in self.latent_hw)
+            maps = torch.stack(self.step_maps).mean(0)
+            maps = maps.reshape(maps.shape[0], h, w, maps.shape[-1])
+            self.sum, self.step_maps = maps if self.sum is None else self.sum + maps, []
+        if i < self.start_step or (self.sum is None and self.user_mask is None):
+            return x
+        return torch.lerp(x[:1].expand_as(x), x, self.mask(x.dtype).to(x.device))  # exact where the mask is 0 or 1

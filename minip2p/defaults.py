@@ -1,0 +1,35 @@
+"""Every default of minip2p, in one place: the API, the controllers and the command line read them from here.
+
+Sampling follows diffusers' Stable Diffusion pipeline; the Prompt-to-Prompt settings follow the paper's
+notebook (google/prompt-to-prompt, prompt-to-prompt_stable.ipynb) unless a comment says otherwise.
+"""
+
+# sampling
+STEPS = 50  # DDIM steps
+GUIDANCE_SCALE = 7.5  # classifier-free guidance
+ETA = 0.0  # DDIM eta: 0 is deterministic
+SEED = 0  # the command line's seed (the API draws one at random when seed is None, and reports it)
+
+# Prompt-to-Prompt edits
+CROSS_REPLACE_STEPS = 0.8  # fraction of the steps a target takes the source's cross-attention
+SELF_REPLACE_STEPS = 0.4  # fraction of the steps a target takes the source's self-attention
+SELF_MAX_FRACTION = 0.25  # self-attention replaced at maps up to this fraction of the latent (16x16 of 64x64)
+MIN_MAP_SIZE = 8  # neither the self-attention cap nor LocalBlend goes to maps coarser than this
+
+# LocalBlend
+BLEND_THRESHOLD = 0.3  # a cell is in the region where the words' attention exceeds this share of its maximum
+START_BLEND = 0.2  # blend from this fraction of the steps on (the null-text notebook; the SD notebook: 0)
+BLEND_RES_FRACTION = 0.25  # the maps the mask is read from, as a fraction of the latent size
+
+# after an inversion, the inverted noise is far from Gaussian: keeping the source's self-attention longer and
+# at every size holds the structure (docs/RESULTS.md, "Real images")
+KEEP_STRUCTURE = {"self_replace_steps": 0.8, "self_max_fraction": 1.0}
+
+# inversion
+INVERSION_METHOD = "null-text"
+NULL_TEXT_INNER_STEPS = 10  # Adam steps per timestep, at most (the null-text paper's code)
+NULL_TEXT_EARLY_STOP = 1e-5  # stop a timestep's inner loop once the loss is under this + i * 2e-5
+INVERSION_STEPS_OFFSET = 0  # the null-text code's DDIM schedule; sampling uses diffusers' 1
+
+# AttentionStore
+STORE_SELF_MAX_TOKENS = 32**2  # self-attention maps are kept only up to this many queries (32x32)

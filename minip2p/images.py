@@ -1,0 +1,66 @@
+"""Images in and out: reading a user's picture, and the one conversion between pixels and the model's tensors.
+
+The VAE works on (B, 3, H, W) tensors in [-1, 1]; users have PIL images or uint8 arrays (H, W, 3) in 0..255.
+"""
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+def to_tensor(images) -> torch.Tensor:
+    """A PIL image, a uint8 array (H, W, 3), or a list / stacked array of them -> (B, 3, H, W) float32 in [-1, 1]."""
+    if isinstance(images, Image.Image):
+        images = [images]
+    if isinstance(images, (list, tuple)):
+        images = np.stack([np.asarray(im.convert("RGB") if isinstance(im, Image.Image) else im) for im in images])
+    x = np.asarray(images, dtype=np.float32)
+    x = x[None] if x.ndim == 3 else x
+    return torch.from_numpy(x / 127.5 - 1).permute(0, 3, 1, 2).contiguous()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> uint8 array (B, H, W, 3), rounded as a saved image is."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def to_pil(images: torch.Tensor) -> list:
+    """(B, 3, H, W) in [-1, 1] -> a list of PIL images."""
+    return [Image.fromarray(np.ascontiguousarray(a)) for a in to_uint8(images)]
+
+
+def load_image(image, size: int, crop=(0, 0, 0, 0)) -> Image.Image:
+    """A path or PIL image -> RGB PIL image of size x size: EXIF orientation applied, any mode converted
+    (16-bit scaled, transparency composited on white), `crop` = pixels cut from (left, right, top, bottom),
+    then a centre crop to a square and a resize."""
+    if not isinstance(image, Image.Image):
+        try:
+            image = Image.open(image)
+            image.load()
+        except (FileNotFoundError, IsADirectoryError):
+            raise FileNotFoundError(f"image not found: {image}") from None
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"cannot read {image} as an image ({e}); give a PNG, JPEG or WebP file") from None
+    if size <= 0 or len(crop) != 4 or min(crop) < 0:
+        raise ValueError(
+            f"size must be positive and crop four pixel counts >= 0 (left, right, top, bottom): size={size}, crop={crop}"
+        )
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(a / (257 if a.max() > 255 else 1), 0, 255).astype(np.uint8))
+    if image.mode in ("P", "LA", "PA") or "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image)
+    image = image.convert("RGB")
+    w, h = image.size
+    left, right, top, bottom = crop
+    if left + right >= w or top + bottom >= h:
+        raise ValueError(f"crop {crop} leaves nothing of a {w}x{h} image")
+    image = image.crop((left, top, w - right, h - bottom))  # top is limited by the height, not by left
+    w, h = image.size
+    s = min(w, h)
+    image = image.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    return image.resize((size, size), Image.LANCZOS)

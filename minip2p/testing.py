@@ -1,0 +1,112 @@
+"""Random checkpoints in the real Stable Diffusion layouts, for parity tests and benchmarks.
+
+We cannot download real weights, so correctness is shown on random ones: a file written here has the keys and
+shapes of a real SD1 or SD2 single-file checkpoint; `minip2p.load` reads it, and diffusers reads the same file
+through its own converters (given `ldm_config`, the original LDM config they expect). Nothing here imports
+diffusers.
+"""
+
+import torch
+from safetensors.torch import save_file
+
+from .checkpoint import CLIP_PREFIX, META_KEY, OPENCLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, ModelConfig
+from .text import TextConfig, build_text_encoder
+from .unet import UNet, UNetConfig
+from .vae import VAE, VAEConfig
+
+# parameters read as norms: random values near 1 (weights) or 0 (biases), so that no term can hide
+NORM_ENDINGS = ("in_layers.0.weight", "out_layers.0.weight", "out.0.weight", "in_layers.0.bias",
+                "out_layers.0.bias", "out.0.bias")
+
+
+def small_config(family: str = "sd1") -> ModelConfig:
+    """SD1- or SD2-shaped, but narrow: every code path of the full model at a fraction of the cost."""
+    text = TextConfig(hidden_size=64, intermediate_size=128, num_layers=3, num_heads=4)
+    if family == "sd1":
+        unet = UNetConfig(model_channels=32, num_heads=4, context_dim=64)
+    else:
+        unet = UNetConfig(model_channels=32, head_dim=8, context_dim=64, use_linear_proj=True)
+        text.hidden_act, text.penultimate, text.pad_token = "gelu", True, "!"
+    return ModelConfig(family, unet, VAEConfig(ch=32), text, image_size=64)
+
+
+def random_state(model: torch.nn.Module, seed: int) -> dict:
+    """Random values for every entry of a model's state dict (works on a meta-device model): norms near 1,
+    biases non-zero, weights scaled by fan-in, so that activations stay sane through many layers."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, t in model.state_dict().items():
+        r = torch.randn(t.shape, generator=g)
+        if t.dim() == 1 and ("norm" in name or name.endswith(NORM_ENDINGS)):
+            out[name] = (1.0 + 0.1 * r) if name.endswith("weight") else 0.1 * r
+        elif t.dim() == 1:
+            out[name] = 0.05 * r
+        else:
+            out[name] = r / t[0].numel() ** 0.5
+    return out
+
+
+def clip_to_openclip(sd: dict) -> dict:
+    """transformers CLIPTextModel keys -> OpenCLIP keys (the inverse of checkpoint.openclip_to_clip), to write
+    SD2-layout files."""
+    out = {
+        "token_embedding.weight": sd["embeddings.token_embedding.weight"],
+        "positional_embedding": sd["embeddings.position_embedding.weight"],
+        "ln_final.weight": sd["final_layer_norm.weight"],
+        "ln_final.bias": sd["final_layer_norm.bias"],
+        "text_projection": torch.eye(sd["final_layer_norm.weight"].shape[0]),
+        "logit_scale": torch.tensor(4.6),
+    }
+    names = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
+             "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    layers = sorted({int(k.split(".")[2]) for k in sd if k.startswith("encoder.layers.")})
+    for n in layers:
+        ours, theirs = f"encoder.layers.{n}.", f"transformer.resblocks.{n}."
+        for kind in ("weight", "bias"):
+            qkv = [sd[f"{ours}self_attn.{q}_proj.{kind}"] for q in "qkv"]
+            out[f"{theirs}attn.in_proj_{kind}"] = torch.cat(qkv)
+            for a, b in names.items():
+                out[f"{theirs}{b}.{kind}"] = sd[f"{ours}{a}.{kind}"]
+    return out
+
+
+def random_checkpoint(cfg: ModelConfig, seed: int = 0) -> dict:
+    """A whole single-file state dict in the CompVis layout, with random weights."""
+    with torch.device("meta"):
+        unet, vae = UNet(cfg.unet), VAE(cfg.vae)
+        text_encoder = build_text_encoder(cfg.text)
+    text = random_state(text_encoder, seed + 2)
+    sd = {UNET_PREFIX + k: v for k, v in random_state(unet, seed).items()}
+    sd.update({VAE_PREFIX + k: v for k, v in random_state(vae, seed + 1).items()})
+    if cfg.family == "sd2":
+        sd.update({OPENCLIP_PREFIX + k: v for k, v in clip_to_openclip(text).items()})
+    else:
+        sd.update({CLIP_PREFIX + k: v for k, v in text.items()})
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def write_checkpoint(path, cfg: ModelConfig, seed: int = 0, with_config: bool = True, extra=None) -> dict:
+    """Save a random checkpoint -> its state dict. with_config=False writes it as real SD files are (no
+    `__metadata__`: the family is read from the keys and shapes)."""
+    sd = random_checkpoint(cfg, seed)
+    sd.update(extra or {})
+    save_file(sd, str(path), metadata={META_KEY: cfg.to_json()} if with_config else None)
+    return sd
+
+
+def ldm_config(cfg: ModelConfig) -> dict:
+    """The original LDM config (the YAML's content) that diffusers' single-file converters read."""
+    u, v = cfg.unet, cfg.vae
+    unet = dict(in_channels=u.in_channels, out_channels=u.out_channels, model_channels=u.model_channels,
+                attention_resolutions=list(u.attention_resolutions), num_res_blocks=u.num_res_blocks,
+                channel_mult=list(u.channel_mult), transformer_depth=u.transformer_depth,
+                context_dim=u.context_dim, use_linear_in_transformer=u.use_linear_proj)
+    if u.head_dim:
+        unet["num_head_channels"] = u.head_dim
+    else:
+        unet["num_heads"] = u.num_heads
+    ddconfig = dict(ch=v.ch, ch_mult=list(v.ch_mult), num_res_blocks=v.num_res_blocks, in_channels=3, out_ch=3,
+                    z_channels=v.z_channels, double_z=True, attn_resolutions=[], resolution=256)
+    first_stage = {"params": {"ddconfig": ddconfig, "embed_dim": v.z_channels}}
+    params = {"scale_factor": v.scale_factor, "unet_config": {"params": unet}, "first_stage_config": first_stage}
+    return {"model": {"params": params}}
