@@ -1,17 +1,19 @@
-"""Cost of a Prompt-to-Prompt edit: UNet step time of a Replace edit vs plain generation of the same 2 prompts.
+"""Cost of a Prompt-to-Prompt edit: UNet step time of a Replace edit vs plain generation of the same prompts.
 
     python benchmarks/edit_step.py [--latent 32] [--runs 3]
 
-Full-size SD1 UNet, random weights, CPU, fp32. Two prompts with classifier-free guidance are a UNet batch of 4.
-The edit step is measured at step 0, inside both the cross- and the self-attention replacement windows (the most
-expensive steps); it runs the explicit softmax only where the edit needs the map (all cross-attention, and
-self-attention at 1/4 of the latent size and below), the fused kernel elsewhere. Also peak RSS during a step.
+Full-size SD1 UNet, random weights, CPU, fp32. Two prompts with classifier-free guidance are a UNet batch of
+4. The edit step is measured at step 0, inside both the cross- and the self-attention replacement windows (the
+most expensive steps); it runs the explicit softmax only where the edit needs the map (all cross-attention,
+and self-attention at 1/4 of the latent size and below), the fused kernel elsewhere. Also peak RSS during a
+step.
 """
+
 import argparse
 import statistics
 
 import torch
-from memory import measured
+from report import measured
 
 from minip2p import AttentionStore, ModelConfig, Replace, TextConfig, UNet
 from minip2p.testing import random_state
@@ -48,14 +50,18 @@ def main():
     res = {k: [] for k in edits}
     for _ in range(args.runs):
         for k, c in edits.items():
-            res[k].append(measured(lambda: step(c))[1:])
+            res[k].append(measured(step, c)[1:])
     med = {k: statistics.median(t for t, _ in v) for k, v in res.items()}
     peak = {k: max(m for _, m in v) for k, v in res.items()}
-    print(f"SD1 UNet, 2 prompts (UNet batch 4), {args.latent}x{args.latent} latent, fp32, CPU, "
-          f"{torch.get_num_threads()} threads, median of {args.runs} interleaved runs")
+    print(
+        f"SD1 UNet, 2 prompts (UNet batch 4), {args.latent}x{args.latent} latent, fp32, CPU, "
+        f"{torch.get_num_threads()} threads, median of {args.runs} interleaved runs"
+    )
     for k in edits:
-        print(f"  {k:8s} {med[k]:6.2f} s/step   peak RSS {peak[k]:7.0f} MiB   runs: "
-              + " ".join(f"{t:.2f}" for t, _ in res[k]))
+        print(
+            f"  {k:8s} {med[k]:6.2f} s/step   peak RSS {peak[k]:7.0f} MiB   runs: "
+            + " ".join(f"{t:.2f}" for t, _ in res[k])
+        )
     print(f"ratio Replace edit / plain generation: {med['replace'] / med['plain']:.3f}")
     print(f"ratio AttentionStore / plain generation: {med['store'] / med['plain']:.3f}")
 

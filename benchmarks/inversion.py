@@ -1,16 +1,19 @@
 """Real-image inversion on the shapes model: reconstruction PSNR, time and memory per method; and an edit.
 
-    python benchmarks/inversion.py [--scenes 20] [--edit-scenes 30] [--steps 50] [--full-sd1 [--sd1-steps 3 --sd1-inner 2]]
+    python benchmarks/inversion.py [--scenes 20] [--edit-scenes 30] [--steps 50]
     python benchmarks/inversion.py --scenes 0 --colours green,yellow,orange,purple,blue [--control 5]
-    python benchmarks/inversion.py --scenes 0 --full-sd1 --sd1-steps 50 --sd1-inner 10 --device cuda --dtype float16,float32
+    python benchmarks/inversion.py --scenes 0 --full-sd1 [--sd1-steps 3 --sd1-inner 2]
+    python benchmarks/inversion.py --scenes 0 --full-sd1 --sd1-steps 50 --sd1-inner 10 --device cuda \
+        --dtype float16,float32
 
 Rendered scenes (known ground truth) are inverted with their full prompt at guidance 7.5 and reconstructed;
 PSNR is against the input image, next to the VAE's own reconstruction (the ceiling). Then Replace + LocalBlend
-after null-text inversion changes one object's colour: how often it changes (per background), and the PSNR of the
-rest; as a control, the same edit on images the model generated itself (--colours: turned other colours too).
---full-sd1 adds time and peak memory of each method, and of an edit from the inversion, on the full SD1 config
-(random weights, 512x512; on the CPU by default, or --device cuda --dtype float16).
+after null-text inversion changes one object's colour: how often it changes (per background), and the PSNR of
+the rest; as a control, the same edit on images the model generated itself (--colours: turned other colours
+too). --full-sd1 adds time and peak memory of each method, and of an edit from the inversion, on the full SD1
+config (random weights, 512x512; on the CPU by default, or --device cuda --dtype float16).
 """
+
 import argparse
 import gc
 import tempfile
@@ -18,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from memory import measured, measured_on
 from PIL import Image
+from report import header, measured, measured_on, row
 
 import minip2p
 from minip2p import LocalBlend, Replace, defaults, shapes
@@ -45,16 +48,17 @@ def shapes_model(pipe, args):
         image = Image.fromarray(img)
         vae.append(psnr(vae_round_trip(pipe, img)[0], img))
         for m in METHODS:
-            inv, dt, peak = measured(lambda: pipe.invert(image, prompt, method=m, steps=args.steps, progress=False))
+            settings = dict(method=m, steps=args.steps, guidance_scale=args.guidance, progress=False)
+            inv, dt, peak = measured(pipe.invert, image, prompt, **settings)
             rec = pipe.generate([prompt], inversion=inv, progress=False)[0]
             scores[m].append(psnr(rec, img))
             cost[m].append((dt, peak))
-    print(f"shapes model, {args.scenes} rendered scenes, {args.steps} steps, guidance 7.5")
-    print("| method | reconstruction PSNR (mean) | time per image | peak RSS |\n| --- | --- | --- | --- |")
-    print(f"| VAE only (ceiling) | {np.mean(vae):.2f} dB | | |")
+    print(f"shapes model, {args.scenes} rendered scenes, {args.steps} steps, guidance {args.guidance}")
+    print(header("method", "reconstruction PSNR (mean)", "time per image", "peak RSS"))
+    print(row("VAE only (ceiling)", f"{np.mean(vae):.2f} dB", "", ""))
     for m in METHODS:
-        print(f"| {m} | {np.mean(scores[m]):.2f} dB | {np.mean([c[0] for c in cost[m]]):.1f} s | "
-              f"{max(c[1] for c in cost[m]):.0f} MiB |")
+        seconds, peak = np.mean([c[0] for c in cost[m]]), max(c[1] for c in cost[m])
+        print(row(m, f"{np.mean(scores[m]):.2f} dB", f"{seconds:.1f} s", f"{peak:.0f} MiB"))
 
     colour_edits(pipe, args)
 
@@ -69,72 +73,97 @@ EDITS = {
 
 def colour_edits(pipe, args):
     """The red -> blue circle edit after null-text inversion, per background; then the same edit on images the
-    model generated itself (seed noise, no inversion), to tell the inversion's share of a failure from the model's."""
+    model generated itself (seed noise, no inversion), to tell the inversion's share of a failure from the
+    model's."""
     n = args.edit_scenes or args.scenes
-    scores = {name: [] for name in EDITS}  # per scene: (background, turned blue, rest PSNR, rest PSNR with the rim)
+    scores = {
+        name: [] for name in EDITS
+    }  # per scene: (background, turned blue, rest PSNR, rest PSNR with the rim)
     for k in range(n):
         img, source, target, circle = colour_edit_scene(k)
         inv = pipe.invert(Image.fromarray(img), source, method="null-text", steps=args.steps, progress=False)
         for name, edited in edited_circles(pipe, source, target, inversion=inv).items():
-            scores[name].append((shapes.parse(source).background, turned(edited, circle),
-                                 psnr(edited, img, away_from(circle)), psnr(edited, img, ~circle)))
-    print(f"\nedit after null-text inversion, 'a red circle ...' -> 'a blue circle ...' (Replace, LocalBlend on "
-          f"'circle'), {n} scenes; the rest: pixels over 2 px from the circle, and with its redrawn rim")
-    print("| self-attention kept | circle turned blue | on black / white / gray | PSNR of the rest (mean, min, >= 25 dB) "
-          "| with the rim |\n| --- | --- | --- | --- | --- |")
+            scores[name].append(
+                (
+                    shapes.parse(source).background,
+                    turned(edited, circle),
+                    psnr(edited, img, away_from(circle)),
+                    psnr(edited, img, ~circle),
+                )
+            )
+    print(
+        "\nedit after null-text inversion, 'a red circle ...' -> 'a blue circle ...' (Replace, LocalBlend on"
+        f" 'circle'), {n} scenes; the rest: pixels over 2 px from the circle, and with its redrawn rim"
+    )
+    columns = ("circle turned blue", "on black / white / gray", "PSNR of the rest (mean, min, >= 25 dB)")
+    print(header("self-attention kept", *columns, "with the rim"))
     for name, rows in scores.items():
         bgs = np.array([r[0] for r in rows])
         changed, rest, rim = (np.array(c, float) for c in list(zip(*rows))[1:])
-        per_bg = " / ".join(f"{int(changed[bgs == b].sum())}/{int((bgs == b).sum())}" for b in ("black", "white", "gray"))
-        print(f"| {name} | {100 * changed.mean():.0f}% | {per_bg} | {rest.mean():.2f} dB, {rest.min():.2f}, "
-              f"{100 * np.mean(rest >= 25):.0f}% | {rim.mean():.2f} dB |")
-    print(f"\nthe same edit on generated images (seed noise, no inversion): {args.control} seeds per background whose "
-          f"image shows the red circle\n| self-attention kept | black | white | gray |\n| --- | --- | --- | --- |")
+        per_bg = " / ".join(
+            f"{int(changed[bgs == b].sum())}/{int((bgs == b).sum())}" for b in ("black", "white", "gray")
+        )
+        kept = f"{rest.mean():.2f} dB, {rest.min():.2f}, {100 * np.mean(rest >= 25):.0f}%"
+        print(row(name, f"{100 * changed.mean():.0f}%", per_bg, kept, f"{rim.mean():.2f} dB"))
+    print(
+        "\nthe same edit on generated images (seed noise, no inversion): "
+        f"{args.control} seeds per background whose image shows the red circle"
+    )
+    print(header("self-attention kept", "black", "white", "gray"))
     counts = {name: {bg: 0 for bg in ("black", "white", "gray")} for name in EDITS}
     for bg in ("black", "white", "gray"):
         for source, target, seed, circle in generated_red_circles(pipe, bg, args.control):
             for name, edited in edited_circles(pipe, source, target, seed=seed).items():
                 counts[name][bg] += turned(edited, circle)
     for name, c in counts.items():
-        print(f"| {name} | " + " | ".join(f"{v}/{args.control}" for v in c.values()) + " |")
+        print(row(name, *(f"{v}/{args.control}" for v in c.values())))
 
 
 def colour_control(pipe, n, colours):
-    """The keep-structure edit on generated images, the red circle turned each colour in turn: which swaps this
-    model can make, per background."""
-    print(f"\nthe keep-structure edit on generated images, 'a red circle' -> 'a <colour> circle', {n} seeds per "
-          f"background\n| to | black | white | gray |\n| --- | --- | --- | --- |")
+    """The keep-structure edit on generated images, the red circle turned each colour in turn: which swaps
+    this model can make, per background."""
+    print(
+        "\nthe keep-structure edit on generated images, 'a red circle' -> 'a <colour> circle', "
+        f"{n} seeds per background"
+    )
+    print(header("to", "black", "white", "gray"))
     found = {bg: generated_red_circles(pipe, bg, n) for bg in ("black", "white", "gray")}
     for colour in colours:
         counts = []
-        for bg, cases in found.items():
+        for cases in found.values():
             ok = 0
             for source, _, seed, circle in cases:
                 target = source.replace("a red circle", f"a {colour} circle", 1)
                 edit = inverted_edit(pipe.tokenizer, source, target)  # keep structure
-                ok += turned(pipe.generate([source, target], controller=edit, seed=seed, progress=False)[1],
-                             circle, colour)
+                ok += turned(
+                    pipe.generate([source, target], controller=edit, seed=seed, progress=False)[1],
+                    circle,
+                    colour,
+                )
             counts.append(f"{ok}/{n}")
-        print(f"| {colour} | " + " | ".join(counts) + " |", flush=True)
-    print("\nthe VAE latent (UNet units) at the centre of a rendered circle, mean per channel\n| circle | black | white | "
-          "gray |\n| --- | --- | --- | --- |")
+        print(row(colour, *counts), flush=True)
+    print("\nthe VAE latent (UNet units) at the centre of a rendered circle, mean per channel")
+    print(header("circle", "black", "white", "gray"))
     for colour in [None, "red"] + colours:
-        row = []
+        cells = []
         for bg in ("black", "white", "gray"):
             img = np.empty((shapes.SIZE, shapes.SIZE, 3), np.uint8)
             img[:] = shapes.BACKGROUNDS[bg]
             if colour:
                 img[shapes.shape_mask("circle", 32, 32, 30)] = shapes.COLOURS[colour]
-            z = pipe.encode(Image.fromarray(img))[0, :, 6:10, 6:10].mean((1, 2))  # latent cells 6-9: pixels 24-39
-            row.append(" ".join(f"{v:+.2f}" for v in z.tolist()))
-        print(f"| {colour or '(background)'} | " + " | ".join(row) + " |")
+            z = pipe.encode(Image.fromarray(img))[0, :, 6:10, 6:10].mean((1, 2))  # cells 6-9: pixels 24-39
+            cells.append(" ".join(f"{v:+.2f}" for v in z.tolist()))
+        print(row(colour or "(background)", *cells))
 
 
 def edited_circles(pipe, source, target, **generate):
     """{EDITS name: the edited image}, from an inversion (inversion=) or from seed noise (seed=)."""
     return {
         name: pipe.generate(
-            [source, target], controller=inverted_edit(pipe.tokenizer, source, target, **kw), progress=False, **generate
+            [source, target],
+            controller=inverted_edit(pipe.tokenizer, source, target, **kw),
+            progress=False,
+            **generate,
         )[1]
         for name, kw in EDITS.items()
     }
@@ -152,7 +181,9 @@ def generated_red_circles(pipe, background, n, others=("green triangle", "purple
             out.append((source, source.replace("a red circle", "a blue circle", 1), seed, circles[0]))
         seed += 1
         if seed > 20 * n:
-            raise RuntimeError(f"the model drew a red circle on {background} in only {len(out)} of {seed} seeds")
+            raise RuntimeError(
+                f"the model drew a red circle on {background} in only {len(out)} of {seed} seeds"
+            )
     return out
 
 
@@ -170,36 +201,55 @@ def full_sd1(args):
 def full_sd1_costs(pipe, steps, inner, dtype):
     image = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(0)) * 2 - 1
     memory = "peak RSS" if pipe.device.type == "cpu" else "peak GPU memory allocated"
-    print(f"\nfull SD1 config (random weights), 512x512, {steps} steps, {inner} inner steps (random weights never "
-          f"stop early: every inner step runs), {pipe.device.type} {dtype}")
-    print(f"| method | time | {memory} |\n| --- | --- | --- |")
+    print(
+        f"\nfull SD1 config (random weights), 512x512, {steps} steps, {inner} inner steps "
+        f"(random weights never stop early: every inner step runs), {pipe.device.type} {dtype}"
+    )
+    print(header("method", "time", memory))
     source, target = "a photo of a cat", "a photo of a dog"
+    options = dict(steps=steps, inner_steps=inner, progress=False)
     for m in METHODS:
-        inv, dt, peak = measured_on(pipe.device, lambda: pipe.invert(image, source, method=m, steps=steps,
-                                                                     inner_steps=inner, progress=False))
+        inv, dt, peak = measured_on(pipe.device, pipe.invert, image, source, method=m, **options)
         assert torch.isfinite(inv.null_embeddings).all() and torch.isfinite(inv.latent).all(), m
-        print(f"| {m} | {dt:.1f} s | {peak:.0f} MiB |", flush=True)
+        print(row(m, f"{dt:.1f} s", f"{peak:.0f} MiB"), flush=True)
     edit = Replace([source, target], pipe.tokenizer, local_blend=LocalBlend(["cat", "dog"]))
-    _, dt, peak = measured_on(pipe.device, lambda: pipe.generate([source, target], inversion=inv, controller=edit,
-                                                                 progress=False))
-    print(f"| Replace + LocalBlend edit from the null-text inversion (2 images) | {dt:.1f} s | {peak:.0f} MiB |",
-          flush=True)
+    _, dt, peak = measured_on(
+        pipe.device, pipe.generate, [source, target], inversion=inv, controller=edit, progress=False
+    )
+    print(
+        row(
+            "Replace + LocalBlend edit from the null-text inversion (2 images)",
+            f"{dt:.1f} s",
+            f"{peak:.0f} MiB",
+        )
+    )
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--weights")
     p.add_argument("--scenes", type=int, default=20, help="shapes-model scenes (0: only --full-sd1)")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=int, default=defaults.STEPS)
+    p.add_argument("--guidance", type=float, default=defaults.GUIDANCE_SCALE)
     p.add_argument("--edit-scenes", type=int, default=0, help="scenes for the colour edit (0: --scenes)")
-    p.add_argument("--control", type=int, default=5, help="generated images per background for the edit's control")
-    p.add_argument("--colours", default="", help="also the control with the red circle turned each of these "
-                   "colours (e.g. green,yellow,orange,purple,blue)")
+    p.add_argument(
+        "--control", type=int, default=5, help="generated images per background for the edit's control"
+    )
+    p.add_argument(
+        "--colours",
+        default="",
+        help="also the control with the red circle turned each of these "
+        "colours (e.g. green,yellow,orange,purple,blue)",
+    )
     p.add_argument("--full-sd1", action="store_true")
     p.add_argument("--sd1-steps", type=int, default=3, help="--full-sd1: DDIM steps")
     p.add_argument("--sd1-inner", type=int, default=2, help="--full-sd1: null-text inner steps")
     p.add_argument("--device", default="cpu", help="--full-sd1: device (cuda for GPU figures)")
-    p.add_argument("--dtype", default="float32", help="--full-sd1: float32, float16 or bfloat16, or several: float16,float32")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        help="--full-sd1: float32, float16 or bfloat16, or several: float16,float32",
+    )
     args = p.parse_args()
     pipe = minip2p.load(args.weights) if args.scenes or args.colours else None
     if args.scenes:

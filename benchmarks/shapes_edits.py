@@ -4,7 +4,8 @@
 
 - Word swap (Replace) of one object's shape or colour: does the edited object take the new attribute, does the
   other object keep its mask (IoU with the source's) and the background stay? Against plain same-seed
-  generation of the target prompt. Seeds whose source image does not show its prompt are left out (and counted).
+  generation of the target prompt. Seeds whose source image does not show its prompt are left out (and
+  counted).
 - LocalBlend: pixel change outside the edited object, with and without blending.
 - Reweight: what is left of what a word names (an object, the background) as that word's attention is scaled.
 """
@@ -12,6 +13,7 @@
 import argparse
 
 import numpy as np
+from report import header, row
 
 import minip2p
 from minip2p import defaults
@@ -33,25 +35,46 @@ def main():
         for name, r in (swap_edit(pipe, seed, **options) or {}).items():
             rows[name].append(r)
     n = len(rows["Replace"])
-    print(f"word swaps: {n} of {args.seeds} seeds whose source image shows its prompt ({args.steps} DDIM steps, "
-          f"guidance {defaults.GUIDANCE_SCALE})")
-    print("| method | edited object takes the new attribute | its centre moved (px, median) | other object's mask "
-          "IoU (mean) | IoU >= 0.9 | background kept | pixel change outside the edited object (0-255) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        f"word swaps: {n} of {args.seeds} seeds whose source image shows its prompt "
+        f"({args.steps} DDIM steps, guidance {defaults.GUIDANCE_SCALE})"
+    )
+    print(
+        header(
+            "method",
+            "edited object takes the new attribute",
+            "its centre moved (px, median)",
+            "other object's mask IoU (mean)",
+            "IoU >= 0.9",
+            "background kept",
+            "pixel change outside the edited object (0-255)",
+        )
+    )
     for name, r in rows.items():
         ious = np.array([x["kept_iou"] for x in r])
-        print(f"| {name} | {100 * np.mean([x['edited'] for x in r]):.0f}% | "
-              f"{np.nanmedian([x['moved'] for x in r]):.1f} | {ious.mean():.2f} | {100 * np.mean(ious >= 0.9):.0f}% | "
-              f"{100 * np.mean([x['background'] for x in r]):.0f}% | {np.mean([x['outside'] for x in r]):.1f} |")
+        edited, moved = np.mean([x["edited"] for x in r]), np.nanmedian([x["moved"] for x in r])
+        kept, outside = np.mean([x["background"] for x in r]), np.mean([x["outside"] for x in r])
+        print(
+            row(
+                name,
+                f"{100 * edited:.0f}%",
+                f"{moved:.1f}",
+                f"{ious.mean():.2f}",
+                f"{100 * np.mean(ious >= 0.9):.0f}%",
+                f"{100 * kept:.0f}%",
+                f"{outside:.1f}",
+            )
+        )
 
-    print(f"\nReweight of one word of '{REWEIGHT_PROMPT}' (source: that prompt, same seed), {args.reweight_seeds} seeds:"
-          " how often the analyser still finds what each word names")
-    print(f"| word | scale | {' | '.join(REWEIGHT_SHOWS)} |")
-    print("| --- | --- |" + " --- |" * len(REWEIGHT_SHOWS))
+    print(
+        f"\nReweight of one word of '{REWEIGHT_PROMPT}' (source: that prompt, same seed), "
+        f"{args.reweight_seeds} seeds: how often the analyser still finds what each word names"
+    )
+    print(header("word", "scale", *REWEIGHT_SHOWS))
     for word in ("square", "white"):
         for scale in (-4.0, -2.0, 1.0, 4.0):
             shown = reweight_shown(pipe, word, scale, range(args.reweight_seeds), **options)
-            print(f"| {word} | {scale} | " + " | ".join(f"{100 * v:.0f}%" for v in shown.values()) + " |")
+            print(row(word, scale, *(f"{100 * v:.0f}%" for v in shown.values())))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 Prompts are sampled from the grammar with a fixed seed (attributes left open with probability 0.2, which the
 check then accepts whatever the image shows); each image starts from its own seeded noise.
 """
+
 import argparse
 import time
 
@@ -28,8 +29,10 @@ def attention_shares(pipe, n=8, seed=3, steps=50):
         m = len(pipe.tokenizer(prompt).input_ids)
         store = AttentionStore()
         pipe.generate([prompt], seed=k, steps=steps, controller=store, progress=False)
-        a = torch.stack([store.mean(key)[0].mean(0) for key in store.keys()]).mean(0)  # (77,) over places, queries
-        shares.append([a[0].item(), a[1:m - 1].sum().item(), a[m - 1].item(), a[m:].sum().item()])
+        a = torch.stack([store.mean(key)[0].mean(0) for key in store.keys()]).mean(
+            0
+        )  # (77,) over places, queries
+        shares.append([a[0].item(), a[1 : m - 1].sum().item(), a[m - 1].item(), a[m:].sum().item()])
     return dict(zip(("start", "words", "end", "padding"), np.mean(shares, 0)))
 
 
@@ -43,16 +46,22 @@ def main():
     args = p.parse_args()
     pipe = minip2p.load(args.weights)
     t0 = time.time()
-    rates, results = adherence(pipe, args.prompts, steps=args.steps, guidance_scale=args.guidance, progress=False)
+    rates, results = adherence(
+        pipe, args.prompts, steps=args.steps, guidance_scale=args.guidance, progress=False
+    )
     dt = time.time() - t0
-    print(f"shapes model: {args.prompts} prompts, {args.steps} DDIM steps, guidance {args.guidance} "
-          f"({dt / args.prompts:.2f} s/image)")
+    print(
+        f"shapes model: {args.prompts} prompts, {args.steps} DDIM steps, guidance {args.guidance} "
+        f"({dt / args.prompts:.2f} s/image)"
+    )
     print("| attribute | right |\n| --- | --- |")
     for k, v in rates.items():
         print(f"| {k} | {100 * v:.1f}% |")
     print(f"VAE reconstruction PSNR on 256 held-out renders: {vae_psnr(pipe):.2f} dB")
-    print("cross-attention shares (8 prompts, all places and steps): " +
-          ", ".join(f"{k} {100 * v:.0f}%" for k, v in attention_shares(pipe).items()))
+    print(
+        "cross-attention shares (8 prompts, all places and steps): "
+        + ", ".join(f"{k} {100 * v:.0f}%" for k, v in attention_shares(pipe).items())
+    )
     if args.grid:
         image_grid([r[1] for r in results[:16]], min_size=64).save(args.grid)
         for r in results[:16]:

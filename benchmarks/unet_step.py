@@ -3,9 +3,10 @@
     python benchmarks/unet_step.py [--latent 64] [--batch 2] [--runs 3]
 
 Prints the median step time of each (runs interleaved, after one warm-up each), the ratio ours / diffusers for
-the fused path (no controller) and for the explicit-softmax path (a controller that wants every map), and, in a
-fresh process for each, the RSS with the model loaded and the peak RSS during one step.
+the fused path (no controller) and for the explicit-softmax path (a controller that wants every map), and, in
+a fresh process for each, the RSS with the model loaded and the peak RSS during one step.
 """
+
 import argparse
 import gc
 import statistics
@@ -15,8 +16,11 @@ import time
 
 import torch
 from diffusers import UNet2DConditionModel
-from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, create_unet_diffusers_config_from_ldm
-from memory import measured, rss_mib
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_unet_checkpoint,
+    create_unet_diffusers_config_from_ldm,
+)
+from report import measured, rss_mib
 
 from minip2p import Controller, ModelConfig, UNet
 from minip2p.checkpoint import UNET_PREFIX
@@ -24,7 +28,7 @@ from minip2p.testing import ldm_config, random_state
 
 
 def build(which, cfg):
-    """The full-size SD1 UNet with the same random weights: ours, or diffusers' (through its LDM converter)."""
+    """The full-size SD1 UNet with the same random weights: ours, or diffusers' (by its LDM converter)."""
     with torch.device("meta"):
         unet = UNet(cfg.unet)
     sd = random_state(unet, seed=0)
@@ -40,8 +44,11 @@ def build(which, cfg):
 
 def inputs(args):
     g = torch.Generator().manual_seed(0)
-    return (torch.randn(args.batch, 4, args.latent, args.latent, generator=g), torch.tensor(500),
-            torch.randn(args.batch, 77, 768, generator=g))
+    return (
+        torch.randn(args.batch, 4, args.latent, args.latent, generator=g),
+        torch.tensor(500),
+        torch.randn(args.batch, 77, 768, generator=g),
+    )
 
 
 def step(which, model, x, t, ctx):
@@ -53,7 +60,16 @@ def step(which, model, x, t, ctx):
 
 def peak_rss(which, args):
     """(RSS with the model loaded, peak RSS during one step), MiB, in a fresh process."""
-    cmd = [sys.executable, __file__, "--latent", str(args.latent), "--batch", str(args.batch), "--child", which]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--latent",
+        str(args.latent),
+        "--batch",
+        str(args.batch),
+        "--child",
+        which,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return tuple(float(v) for v in out.strip().splitlines()[-1].split())
 
@@ -71,7 +87,7 @@ def main():
         gc.collect()
         x, t, ctx = inputs(args)
         base = rss_mib()
-        _, _, peak = measured(lambda: step(args.child, model, x, t, ctx))
+        _, _, peak = measured(step, args.child, model, x, t, ctx)
         print(base, max(peak, base))
         return
     x, t, ctx = inputs(args)
@@ -86,10 +102,14 @@ def main():
             step(n, models[n], x, t, ctx)
             times[n].append(time.perf_counter() - t0)
     med = {n: statistics.median(v) for n, v in times.items()}
-    print(f"SD1.5 UNet, batch {args.batch}, {args.latent}x{args.latent} latent, fp32, CPU, "
-          f"{torch.get_num_threads()} threads, median of {args.runs}")
-    print(f"max |ours - diffusers| = {(outs['ours'] - outs['diffusers']).abs().max():.2e}, "
-          f"max |explicit - diffusers| = {(outs['explicit'] - outs['diffusers']).abs().max():.2e}")
+    print(
+        f"SD1.5 UNet, batch {args.batch}, {args.latent}x{args.latent} latent, fp32, CPU, "
+        f"{torch.get_num_threads()} threads, median of {args.runs}"
+    )
+    print(
+        f"max |ours - diffusers| = {(outs['ours'] - outs['diffusers']).abs().max():.2e}, "
+        f"max |explicit - diffusers| = {(outs['explicit'] - outs['diffusers']).abs().max():.2e}"
+    )
     for n in names:
         print(f"  {n:9s} {med[n]:7.2f} s/step   runs: " + " ".join(f"{v:.2f}" for v in times[n]))
     print(f"ratio ours (fused, no controller) / diffusers: {med['ours'] / med['diffusers']:.3f}")
@@ -97,8 +117,10 @@ def main():
     del models
     rss = {n: peak_rss(n, args) for n in names}
     for n in names:
-        print(f"  RSS {n:9s} model loaded {rss[n][0]:7.0f} MiB, peak during the step {rss[n][1]:7.0f} MiB "
-              f"(+{rss[n][1] - rss[n][0]:.0f})")
+        print(
+            f"  RSS {n:9s} model loaded {rss[n][0]:7.0f} MiB, peak during the step {rss[n][1]:7.0f} MiB "
+            f"(+{rss[n][1] - rss[n][0]:.0f})"
+        )
     print(f"ratio peak RSS ours / diffusers: {rss['ours'][1] / rss['diffusers'][1]:.3f}")
 
 

@@ -4,6 +4,7 @@ Prompt-to-Prompt works on token positions (77 per prompt), users think in words.
 words to positions with the real CLIP tokenizer, so multi-token words ("bicycle" is one token, "lamborghini"
 several) and punctuation ("cat," is "cat" + ",") are handled as the text encoder sees them.
 """
+
 import string
 
 import torch
@@ -32,8 +33,8 @@ def clean(word):
 
 
 def word_token_indices(prompt, word, tokenizer):
-    """Token positions of `word` in `prompt` (every occurrence). `word` is a string (case and trailing punctuation
-    ignored: "Cat," finds "cat") or the index of a word in prompt.split()."""
+    """Token positions of `word` in `prompt` (every occurrence). `word` is a string (case and trailing
+    punctuation ignored: "Cat," finds "cat") or the index of a word in prompt.split()."""
     words, positions = words_and_tokens(prompt, tokenizer)
     if isinstance(word, int):
         if not 0 <= word < len(words):
@@ -42,7 +43,9 @@ def word_token_indices(prompt, word, tokenizer):
     else:
         found = [i for i, w in enumerate(words) if clean(w) == clean(word)]
         if not found:
-            raise ValueError(f"{word!r} is not a word of {prompt!r}; its words are {[clean(w) for w in words]}")
+            raise ValueError(
+                f"{word!r} is not a word of {prompt!r}; its words are {[clean(w) for w in words]}"
+            )
     out = []
     for i in found:
         # the word's own tokens, without tokens of punctuation glued to it
@@ -61,8 +64,10 @@ def replacement_mapper(source, target, tokenizer):
     src_words, src_pos = words_and_tokens(source, tokenizer)
     tgt_words, tgt_pos = words_and_tokens(target, tokenizer)
     if len(src_words) != len(tgt_words):
-        raise ValueError(f"a word swap (Replace) needs prompts with the same number of words: {source!r} has "
-                         f"{len(src_words)}, {target!r} has {len(tgt_words)}; use Refine to add or remove words")
+        raise ValueError(
+            f"a word swap (Replace) needs prompts with the same number of words: {source!r} has "
+            f"{len(src_words)}, {target!r} has {len(tgt_words)}; use Refine to add or remove words"
+        )
     mapper = torch.zeros(MAX_TOKENS, MAX_TOKENS)
     mapper[0, 0] = 1
     i = j = 1
@@ -82,11 +87,12 @@ def replacement_mapper(source, target, tokenizer):
 
 
 def refinement_mapper(source, target, tokenizer):
-    """-> (mapper (77,) long, alphas (77,)): for each target token, the source token it takes its attention from,
-    and 1 where there is one, 0 for tokens the target adds (they keep their own attention).
+    """-> (mapper (77,) long, alphas (77,)): for each target token, the source token it takes its attention
+    from, and 1 where there is one, 0 for tokens the target adds (they keep their own attention).
 
     Global alignment of the token ids with match +1, mismatch -1, gap 0, as the paper; with these scores the
-    best alignment never pairs different tokens, so it is a longest common subsequence (earliest matches kept).
+    best alignment never pairs different tokens, so it is a longest common subsequence (earliest matches
+    kept).
     """
     x, y = token_ids(tokenizer, source, MAX_TOKENS), token_ids(tokenizer, target, MAX_TOKENS)
     n, m = len(x), len(y)

@@ -7,6 +7,7 @@ else the fused `scaled_dot_product_attention` kernel computes the same thing fas
 
 This module knows nothing of edits: it only knows *where* a call happens (`Place`) and *who* to ask.
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -17,11 +18,12 @@ from einops import rearrange
 @dataclass(frozen=True)
 class Place:
     """Where an attention call happens in the UNet; fixed when the UNet is built."""
-    key: str        # checkpoint key of the attention module, e.g. "input_blocks.1.1.transformer_blocks.0.attn2"
-    where: str      # "down", "mid" or "up"
+
+    key: str  # checkpoint key of the attention module, e.g. "input_blocks.1.1.transformer_blocks.0.attn2"
+    where: str  # "down", "mid" or "up"
     is_cross: bool  # True for cross-attention (attn2, keys are text tokens), False for self-attention
-    factor: int     # downsampling factor of the latent at this place (1, 2, 4, 8)
-    heads: int      # number of attention heads: the map's first axis is batch * heads
+    factor: int  # downsampling factor of the latent at this place (1, 2, 4, 8)
+    heads: int  # number of attention heads: the map's first axis is batch * heads
 
 
 class Controller:
@@ -51,12 +53,14 @@ class Controller:
 
 
 def conditional_half(attn: torch.Tensor, heads: int) -> torch.Tensor:
-    """(2P * heads, n, m) map of a guidance batch [unconditional..., conditional...] -> (P, heads, n, m), a view of
-    the conditional half: the part of the batch a controller reads or edits."""
+    """(2P * heads, n, m) map of a guidance batch [unconditional..., conditional...] -> (P, heads, n, m), a
+    view of the conditional half: the part of the batch a controller reads or edits."""
     return attn.view(2, -1, heads, *attn.shape[1:])[1]
 
 
-def attention(q, k, v, heads: int, place: Place | None = None, controller: Controller | None = None) -> torch.Tensor:
+def attention(
+    q, k, v, heads: int, place: Place | None = None, controller: Controller | None = None
+) -> torch.Tensor:
     """Multi-head attention: q (B, N, C), k and v (B, M, C) -> (B, N, C).
 
     out = softmax(q kᵀ / sqrt(d)) v, per head, with the softmax in fp32. The controller (if any, and if it

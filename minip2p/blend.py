@@ -1,4 +1,4 @@
-"""LocalBlend: confine an edit to the region of some words, by copying the source's latents everywhere else."""
+"""LocalBlend: confine an edit to the region of some words, copying the source's latents everywhere else."""
 
 import torch
 import torch.nn.functional as F
@@ -9,8 +9,8 @@ from .attention import Place
 
 
 def map_factor(fraction: float, latent_h: int, min_size: int = defaults.MIN_MAP_SIZE) -> int:
-    """Downsampling factor of the maps at `fraction` of the latent size (the paper's 16x16 of a 64x64 latent is
-    1/4), made finer where that would leave maps under min_size cells (a 16x16 latent would give 4x4)."""
+    """Downsampling factor of the maps at `fraction` of the latent size (the paper's 16x16 of a 64x64 latent
+    is 1/4), made finer where that would leave maps under min_size cells (a 16x16 latent would give 4x4)."""
     factor = max(1, round(1 / fraction))
     while factor > 1 and latent_h // factor < min(min_size, latent_h):
         factor //= 2
@@ -19,16 +19,18 @@ def map_factor(fraction: float, latent_h: int, min_size: int = defaults.MIN_MAP_
 
 def check_fraction(value, what: str, low_open: bool = False) -> float:
     if not (0 < value <= 1 if low_open else 0 <= value <= 1):
-        raise ValueError(f"LocalBlend {what} must be a number in {'(0' if low_open else '[0'}, 1], not {value!r}")
+        raise ValueError(
+            f"LocalBlend {what} must be a number in {'(0' if low_open else '[0'}, 1], not {value!r}"
+        )
     return float(value)
 
 
 class LocalBlend:
-    """After each step from `start_blend` on, latents outside a mask are taken from the source. The mask is where
-    the words' cross-attention (mean over the steps so far, heads and the down/up places at `res_fraction` of the
-    latent size, 16x16 for a 64x64 latent) exceeds `threshold` of its maximum, for the source's words or the
-    target's; `subtract` words cut their region out; `mask` (any size, resized to the latent) replaces the
-    attention mask altogether. Maps coarser than 8x8 are not used (see `map_factor`).
+    """After each step from `start_blend` on, latents outside a mask are taken from the source. The mask is
+    where the words' cross-attention (mean over the steps so far, heads and the down/up places at
+    `res_fraction` of the latent size, 16x16 for a 64x64 latent) exceeds `threshold` of its maximum, for the
+    source's words or the target's; `subtract` words cut their region out; `mask` (any size, resized to the
+    latent) replaces the attention mask altogether. Maps coarser than 8x8 are not used (see `map_factor`).
 
     An edit drives it: `bind` (the words' tokens, when the edit is made), `start` (before sampling), `reads` /
     `observe` (the maps of the places it reads), `blend` (after each step)."""
@@ -45,7 +47,9 @@ class LocalBlend:
         self.words, self.subtract, self.user_mask = words, subtract, mask
         self.threshold = check_fraction(threshold, "threshold")
         self.start_blend = check_fraction(start_blend, "start_blend")
-        self.res_fraction = check_fraction(res_fraction, "res_fraction (the map size as a fraction of the latent)", True)
+        self.res_fraction = check_fraction(
+            res_fraction, "res_fraction (the map size as a fraction of the latent)", True
+        )
 
     def bind(self, prompts, tokenizer):
         """One word (or list of words) per prompt -> which tokens of each prompt the mask is read from."""
@@ -55,7 +59,8 @@ class LocalBlend:
                 return None
             if len(words) != len(prompts):
                 raise ValueError(
-                    f"LocalBlend needs one word (or list of words) per prompt: {len(prompts)} prompts, {len(words)} entries"
+                    f"LocalBlend needs one word (or list of words) per prompt: {len(prompts)} prompts, "
+                    f"{len(words)} entries"
                 )
             alpha = torch.zeros(len(prompts), MAX_TOKENS)
             for p, (prompt, ws) in enumerate(zip(prompts, words)):
@@ -106,4 +111,6 @@ class LocalBlend:
             self.sum, self.step_maps = maps if self.sum is None else self.sum + maps, []
         if i < self.start_step or (self.sum is None and self.user_mask is None):
             return x
-        return torch.lerp(x[:1].expand_as(x), x, self.mask(x.dtype).to(x.device))  # exact where the mask is 0 or 1
+        return torch.lerp(
+            x[:1].expand_as(x), x, self.mask(x.dtype).to(x.device)
+        )  # exact where the mask is 0 or 1

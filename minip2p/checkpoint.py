@@ -1,16 +1,18 @@
-"""Reading weights from disk: CompVis single-file .safetensors (SD1, SD2, our own models) and diffusers folders.
+"""Reading weights from disk: CompVis single-file .safetensors (SD1, SD2, our own models) and diffusers
+folders.
 
 The SD1/SD2 UNet and VAE need no key table (our module paths are the CompVis keys). The only tables are
 `openclip_to_clip` (SD2's text tower) and, in `diffusers_folder.py`, the diffusers folder layout.
 Every problem with a file is reported before any model is built, naming the file and the keys.
 """
+
 import json
+import shlex
 from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
 import torch
-
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -22,7 +24,7 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer.text_model."  # SD1 (and our models): transformers' CLIP names
 OPENCLIP_PREFIX = "cond_stage_model.model."  # SD2: OpenCLIP's names
-IGNORED_TEXT_KEYS = ("embeddings.position_ids",)          # a buffer some files hold, some do not
+IGNORED_TEXT_KEYS = ("embeddings.position_ids",)  # a buffer some files hold, some do not
 IGNORED_OPENCLIP_KEYS = ("text_projection", "logit_scale", "attn_mask")  # not used for SD2 conditioning
 META_KEY = "minip2p_config"
 BUNDLED_MODEL = files("minip2p") / "data" / "shapes.safetensors"  # package data: in the wheel too
@@ -30,12 +32,12 @@ BUNDLED_MODEL = files("minip2p") / "data" / "shapes.safetensors"  # package data
 
 @dataclass
 class ModelConfig:
-    family: str = "sd1"                                      # "sd1", "sd2" or "custom" (our own small models)
+    family: str = "sd1"  # "sd1", "sd2" or "custom" (our own small models)
     unet: UNetConfig = field(default_factory=UNetConfig.sd1)
     vae: VAEConfig = field(default_factory=VAEConfig)
     text: TextConfig = field(default_factory=TextConfig.sd1)
-    prediction: str = "epsilon"                              # "epsilon" or "v" (not visible in the weights)
-    image_size: int = 512                                    # default height and width of generated images
+    prediction: str = "epsilon"  # "epsilon" or "v" (not visible in the weights)
+    image_size: int = 512  # default height and width of generated images
 
     @classmethod
     def sd1(cls):
@@ -43,8 +45,14 @@ class ModelConfig:
 
     @classmethod
     def sd2(cls, prediction="epsilon"):
-        return cls("sd2", UNetConfig.sd2(), VAEConfig(), TextConfig.sd2(), prediction,
-                   768 if prediction == "v" else 512)
+        return cls(
+            "sd2",
+            UNetConfig.sd2(),
+            VAEConfig(),
+            TextConfig.sd2(),
+            prediction,
+            768 if prediction == "v" else 512,
+        )
 
     def to_json(self):
         return json.dumps(asdict(self))
@@ -52,9 +60,17 @@ class ModelConfig:
     @classmethod
     def from_json(cls, s):
         d = json.loads(s)
-        unet, vae, text = ({k: tuple(v) if isinstance(v, list) else v for k, v in d[p].items()} for p in PARTS)
-        return cls(d["family"], UNetConfig(**unet), VAEConfig(**vae), TextConfig(**text), d["prediction"],
-                   d["image_size"])
+        unet, vae, text = (
+            {k: tuple(v) if isinstance(v, list) else v for k, v in d[p].items()} for p in PARTS
+        )
+        return cls(
+            d["family"],
+            UNetConfig(**unet),
+            VAEConfig(**vae),
+            TextConfig(**text),
+            d["prediction"],
+            d["image_size"],
+        )
 
 
 PARTS = ("unet", "vae", "text")
@@ -72,8 +88,13 @@ def cast(sd: dict, dtype: torch.dtype) -> dict:
 def openclip_to_clip(sd):
     """OpenCLIP text tower keys (prefix stripped) -> transformers CLIPTextModel keys. The fused attention
     projection `in_proj_weight` (3D, D) is q, k, v stacked: split it into q_proj, k_proj, v_proj."""
-    layer_names = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
-                   "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    layer_names = {
+        "ln_1": "layer_norm1",
+        "ln_2": "layer_norm2",
+        "attn.out_proj": "self_attn.out_proj",
+        "mlp.c_fc": "mlp.fc1",
+        "mlp.c_proj": "mlp.fc2",
+    }
     out = {}
     for k, v in sd.items():
         if k in IGNORED_OPENCLIP_KEYS:
@@ -85,10 +106,10 @@ def openclip_to_clip(sd):
         elif k.startswith("ln_final."):
             out["final_layer_norm." + k.split(".", 1)[1]] = v
         elif k.startswith("transformer.resblocks."):
-            n, rest = k[len("transformer.resblocks."):].split(".", 1)
+            n, rest = k[len("transformer.resblocks.") :].split(".", 1)
             pre = f"encoder.layers.{n}."
             if rest.startswith("attn.in_proj_"):
-                kind = rest[len("attn.in_proj_"):]  # weight or bias
+                kind = rest[len("attn.in_proj_") :]  # weight or bias
                 for name, part in zip("qkv", v.chunk(3)):
                     out[f"{pre}self_attn.{name}_proj.{kind}"] = part
             else:
@@ -103,47 +124,67 @@ class CheckpointError(ValueError):
     pass
 
 
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+def conversion_command(path: Path) -> str:
+    """A shell command that converts a pickle the user trusts to .safetensors (weights_only: tensors only).
+    The paths are Python literals (repr) in one shell-quoted word: no file name can make it other code."""
+    code = (
+        f"import torch, safetensors.torch as st; sd = torch.load({str(path)!r}, weights_only=True); "
+        "sd = sd.get('state_dict', sd); "
+        "st.save_file({k: v.contiguous() for k, v in sd.items() if isinstance(v, torch.Tensor)}, "
+        f"{str(path.with_suffix('.safetensors'))!r})"
+    )
+    return f"python -c {shlex.quote(code)}"
+
+
 def read_safetensors(path):
     """-> (tensors dict, metadata dict); a clear error for a missing, foreign, truncated or corrupt file."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
+    if path.suffix.lower() in PICKLE_SUFFIXES:
         raise CheckpointError(
-            f"{path} is a pickle ({path.suffix}); minip2p reads only .safetensors, because unpickling runs code "
-            f"from the file. Download the .safetensors version of the model, or convert a file you trust with:\n"
-            f"  python -c \"import torch, safetensors.torch as st; sd = torch.load('{path}', weights_only=True); "
-            f"sd = sd.get('state_dict', sd); st.save_file({{k: v.contiguous() for k, v in sd.items() "
-            f"if isinstance(v, torch.Tensor)}}, '{path.with_suffix('.safetensors')}')\"")
+            f"{path} is a pickle ({path.suffix}); minip2p reads only .safetensors, because unpickling runs "
+            "code from the file. Download the .safetensors version of the model, or convert a file you trust "
+            "with:\n"
+            f"  {conversion_command(path)}"
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable .safetensors file (truncated, corrupt or another "
-                              f"format?): {e}") from None
+        raise CheckpointError(
+            f"{path} is not a readable .safetensors file (truncated, corrupt or another format?): {e}"
+        ) from None
     return tensors, meta
 
 
 def infer_config(tensors, meta, path, prediction=None):
-    """The model family from __metadata__ (our models) or from keys and shapes (SD1: conv proj_in, context 768;
-    SD2: linear proj_in, context 1024)."""
+    """The model family from __metadata__ (our models) or from keys and shapes (SD1: conv proj_in, context
+    768; SD2: linear proj_in, context 1024)."""
     if META_KEY in meta:
         cfg = ModelConfig.from_json(meta[META_KEY])
     else:
         proj = tensors.get(UNET_PREFIX + "input_blocks.1.1.proj_in.weight")
         to_k = tensors.get(UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")
         if proj is None or to_k is None:
-            raise CheckpointError(f"{path}: no Stable Diffusion UNet found (no key {UNET_PREFIX}input_blocks.1.1.proj_in."
-                                  f"weight); expected an SD v1.x/v2.x single-file checkpoint in CompVis layout")
+            raise CheckpointError(
+                f"{path}: no Stable Diffusion UNet found (no key {UNET_PREFIX}input_blocks.1.1.proj_in."
+                f"weight); expected an SD v1.x/v2.x single-file checkpoint in CompVis layout"
+            )
         linear, ctx = proj.dim() == 2, to_k.shape[1]
         if ctx == 768 and not linear:
             cfg = ModelConfig.sd1()
         elif ctx == 1024 and linear:
             cfg = ModelConfig.sd2(prediction or "epsilon")
         else:
-            raise CheckpointError(f"{path}: UNet with context dim {ctx} and {'linear' if linear else 'conv'} "
-                                  f"proj_in is neither SD1 (768, conv) nor SD2 (1024, linear)")
+            raise CheckpointError(
+                f"{path}: UNet with context dim {ctx} and {'linear' if linear else 'conv'} "
+                f"proj_in is neither SD1 (768, conv) nor SD2 (1024, linear)"
+            )
     if prediction is not None:
         if prediction not in ("epsilon", "v"):
             raise ValueError(f"prediction must be 'epsilon' or 'v', not {prediction!r}")
@@ -154,8 +195,9 @@ def infer_config(tensors, meta, path, prediction=None):
 def split_parts(tensors, cfg):
     """Full checkpoint -> (unet, vae, text) state dicts with prefixes stripped; other keys are ignored
     (schedule buffers, model_ema.*, ...)."""
+
     def part(prefix):
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     unet, vae = part(UNET_PREFIX), part(VAE_PREFIX)
     vae = {k: v for k, v in vae.items() if not k.startswith("loss.")}  # training-only discriminator
@@ -170,8 +212,11 @@ def check_state_dict(sd, expected, path, what, prefix=""):
     """Compare keys and shapes with a model's (name -> shape); raise naming the first offending keys."""
     missing = [k for k in expected if k not in sd]
     extra = [k for k in sd if k not in expected]
-    wrong = [f"{prefix}{k}: file {list(sd[k].shape)}, expected {list(expected[k])}"
-             for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k])]
+    wrong = [
+        f"{prefix}{k}: file {list(sd[k].shape)}, expected {list(expected[k])}"
+        for k in expected
+        if k in sd and tuple(sd[k].shape) != tuple(expected[k])
+    ]
     if missing or extra or wrong:
         lines = [f"{path}: the {what} weights do not match the {what} this checkpoint was taken to be"]
         if missing:
@@ -184,8 +229,8 @@ def check_state_dict(sd, expected, path, what, prefix=""):
 
 
 def save_checkpoint(path, cfg: ModelConfig, unet, vae, text_encoder, dtype=None):
-    """Write a single-file checkpoint in the CompVis layout with the config in __metadata__ (SD1-style text keys;
-    use it for SD1 and our own models)."""
+    """Write a single-file checkpoint in the CompVis layout with the config in __metadata__ (SD1-style text
+    keys; use it for SD1 and our own models)."""
     if cfg.family == "sd2":
         raise ValueError("save_checkpoint writes SD1-layout text keys; an SD2 model cannot be saved with it")
     out = {}

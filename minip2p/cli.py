@@ -12,15 +12,31 @@ from .pipeline import load
 from .viz import cross_attention_grid, image_grid
 
 DEMO = [  # (label, source, target, edit options): Prompt-to-Prompt on the shapes world
-    ("Replace: circle -> triangle", "a red circle and a blue square on a white background",
-     "a red triangle and a blue square on a white background", {}),
-    ("Replace + LocalBlend: red -> green", "a red circle and a blue square on a white background",
-     "a green circle and a blue square on a white background", {"blend": ["circle"]}),
-    ("Reweight: square=-4", "a red circle and a blue square on a white background",
-     "a red circle and a blue square on a white background", {"kind": "reweight", "reweight": {"square": -4.0}}),
-    ("Refine: + yellow", "a circle on a black background", "a yellow circle on a black background",
-     {"kind": "refine"}),
-]  # fmt: skip
+    (
+        "Replace: circle -> triangle",
+        "a red circle and a blue square on a white background",
+        "a red triangle and a blue square on a white background",
+        {},
+    ),
+    (
+        "Replace + LocalBlend: red -> green",
+        "a red circle and a blue square on a white background",
+        "a green circle and a blue square on a white background",
+        {"blend": ["circle"]},
+    ),
+    (
+        "Reweight: square=-4",
+        "a red circle and a blue square on a white background",
+        "a red circle and a blue square on a white background",
+        {"kind": "reweight", "reweight": {"square": -4.0}},
+    ),
+    (
+        "Refine: + yellow",
+        "a circle on a black background",
+        "a yellow circle on a black background",
+        {"kind": "refine"},
+    ),
+]
 DEMO_SEED = 8888
 
 
@@ -59,7 +75,9 @@ def cmd_demo(args):
     pipe = load()  # the bundled shapes-world model
     images, captions = [], []
     for label, source, target, options in DEMO:
-        src, edited = pipe.edit(source, target, seed=args.seed, steps=args.steps, progress=not args.quiet, **options)
+        src, edited = pipe.edit(
+            source, target, seed=args.seed, steps=args.steps, progress=not args.quiet, **options
+        )
         if f"source: {source}" not in captions:
             images.append(src)
             captions.append(f"source: {source}")
@@ -137,11 +155,17 @@ def cmd_attention(args):
 
 
 def common(p, out: str):
-    p.add_argument("--weights", help="an SD .safetensors file or diffusers folder (default: the bundled model)")
+    p.add_argument(
+        "--weights", help="an SD .safetensors file or diffusers folder (default: the bundled model)"
+    )
     p.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the initial noise")
     p.add_argument("--steps", type=int, default=defaults.STEPS, help="DDIM steps")
-    p.add_argument("--guidance", type=float, default=defaults.GUIDANCE_SCALE, help="classifier-free guidance scale")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, mps")
+    p.add_argument(
+        "--guidance", type=float, default=defaults.GUIDANCE_SCALE, help="classifier-free guidance scale"
+    )
+    p.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, mps"
+    )
     p.add_argument("--out", default=out, help="the picture to write")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -153,41 +177,71 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="text to image", formatter_class=formatter)
-    g.add_argument("--prompt", action="append", required=True, help="repeat for several images from one noise")
+    g.add_argument(
+        "--prompt", action="append", required=True, help="repeat for several images from one noise"
+    )
     g.add_argument("--negative", default="", help="negative prompt")
     g.add_argument("--height", type=int, help="image height (default: the model's size)")
     g.add_argument("--width", type=int, help="image width (default: the model's size)")
-    g.add_argument("--prediction", choices=["epsilon", "v"], help="v for SD2 768-v models (default: from the file)")
+    g.add_argument(
+        "--prediction", choices=["epsilon", "v"], help="v for SD2 768-v models (default: from the file)"
+    )
     common(g, "out.png")
     g.set_defaults(run=cmd_generate)
 
-    e = sub.add_parser("edit", help="Prompt-to-Prompt: the source image and its edit", formatter_class=formatter)
+    e = sub.add_parser(
+        "edit", help="Prompt-to-Prompt: the source image and its edit", formatter_class=formatter
+    )
     e.add_argument("--prompt", required=True, help="the source prompt")
     e.add_argument("--to", required=True, help="the edited prompt")
-    e.add_argument("--kind", choices=["replace", "refine", "reweight"],
-                   help="default: replace for equal word counts, refine otherwise, reweight if only --reweight")
+    e.add_argument(
+        "--kind",
+        choices=["replace", "refine", "reweight"],
+        help="default: replace for equal word counts, refine otherwise, reweight if only --reweight",
+    )
     e.add_argument("--blend", nargs="+", help="LocalBlend: confine the edit to these words' region")
     e.add_argument("--reweight", nargs="+", metavar="WORD=SCALE", help="scale a word's attention, e.g. red=2")
-    e.add_argument("--cross", type=float, default=defaults.CROSS_REPLACE_STEPS,
-                   help="cross_replace_steps: fraction of the steps the target takes the source's cross-attention")
-    e.add_argument("--self", dest="self_", type=float, default=defaults.SELF_REPLACE_STEPS,
-                   help="self_replace_steps: fraction of the steps the target takes the source's self-attention")
-    e.add_argument("--self-size", type=float, default=defaults.SELF_MAX_FRACTION,
-                   help="self-attention is replaced at maps up to this fraction of the latent size (1: every size; "
-                        "with --image, --self 0.8 --self-size 1 hold the structure better)")
+    e.add_argument(
+        "--cross",
+        type=float,
+        default=defaults.CROSS_REPLACE_STEPS,
+        help="cross_replace_steps: fraction of the steps the target takes the source's cross-attention",
+    )
+    e.add_argument(
+        "--self",
+        dest="self_",
+        type=float,
+        default=defaults.SELF_REPLACE_STEPS,
+        help="self_replace_steps: fraction of the steps the target takes the source's self-attention",
+    )
+    e.add_argument(
+        "--self-size",
+        type=float,
+        default=defaults.SELF_MAX_FRACTION,
+        help="self-attention is replaced at maps up to this fraction of the latent size (1: every size; "
+        "with --image, --self 0.8 --self-size 1 hold the structure better)",
+    )
     e.add_argument("--image", help="edit this image (it is inverted first; --prompt must describe it)")
-    e.add_argument("--invert", choices=["null-text", "negative-prompt", "ddim"], default=defaults.INVERSION_METHOD,
-                   help="inversion method for --image")
+    e.add_argument(
+        "--invert",
+        choices=["null-text", "negative-prompt", "ddim"],
+        default=defaults.INVERSION_METHOD,
+        help="inversion method for --image",
+    )
     common(e, "edit.png")
     e.set_defaults(run=cmd_edit)
 
-    a = sub.add_parser("attention", help="per-token cross-attention maps of a generation", formatter_class=formatter)
+    a = sub.add_parser(
+        "attention", help="per-token cross-attention maps of a generation", formatter_class=formatter
+    )
     a.add_argument("--prompt", required=True)
     a.add_argument("--res", type=int, help="map size in latent cells (default: the finest maps)")
     common(a, "maps.png")
     a.set_defaults(run=cmd_attention)
 
-    d = sub.add_parser("demo", help="the offline demo on the bundled model; writes demo.png", formatter_class=formatter)
+    d = sub.add_parser(
+        "demo", help="the offline demo on the bundled model; writes demo.png", formatter_class=formatter
+    )
     d.add_argument("--seed", type=int, default=DEMO_SEED, help="seed of the initial noise")
     d.add_argument("--steps", type=int, default=defaults.STEPS, help="DDIM steps")
     d.add_argument("--out", default="demo.png", help="the picture to write")

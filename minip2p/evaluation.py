@@ -1,5 +1,5 @@
-"""Measuring what generations, edits and inversions do: PSNR anywhere, and, in the shapes world, where the truth
-is known, whether an edit took, what it kept, and whether an image shows its prompt.
+"""Measuring what generations, edits and inversions do: PSNR anywhere, and, in the shapes world, where the
+truth is known, whether an edit took, what it kept, and whether an image shows its prompt.
 
 The benchmarks print these over many seeds (docs/RESULTS.md); the tests assert them on smaller samples.
 """
@@ -15,14 +15,34 @@ from .p2p import LocalBlend, Replace
 
 # word swaps of one object's shape or colour: (source, target, index of the edited object)
 SWAPS = [
-    ("a red circle and a blue square on a white background", "a red triangle and a blue square on a white background", 0),
-    ("a yellow square and a green circle on a black background", "a yellow square and a purple circle on a black background", 1),
-    ("a blue triangle and an orange circle on a gray background", "a blue square and an orange circle on a gray background", 0),
-    ("a green square and a red triangle on a white background", "a green square and a blue triangle on a white background", 1),
-]  # fmt: skip
+    (
+        "a red circle and a blue square on a white background",
+        "a red triangle and a blue square on a white background",
+        0,
+    ),
+    (
+        "a yellow square and a green circle on a black background",
+        "a yellow square and a purple circle on a black background",
+        1,
+    ),
+    (
+        "a blue triangle and an orange circle on a gray background",
+        "a blue square and an orange circle on a gray background",
+        0,
+    ),
+    (
+        "a green square and a red triangle on a white background",
+        "a green square and a blue triangle on a white background",
+        1,
+    ),
+]
 
 REWEIGHT_PROMPT = "a red circle and a blue square on a white background"
-REWEIGHT_SHOWS = {"blue square": ("blue", "square"), "red circle": ("red", "circle"), "white background": "white"}
+REWEIGHT_SHOWS = {
+    "blue square": ("blue", "square"),
+    "red circle": ("red", "circle"),
+    "white background": "white",
+}
 
 
 def psnr(a, b, mask=None, peak: float = 255.0) -> float:
@@ -34,9 +54,10 @@ def psnr(a, b, mask=None, peak: float = 255.0) -> float:
 
 
 def at_least(k: int, n: int, rate: float, confidence: float = 0.95) -> bool:
-    """Is k successes in n trials consistent with a success rate of at least `rate`? False only when a rate that
-    high would give k or fewer with probability under 1 - confidence (one-sided exact binomial test). Tests use it
-    to hold a sample to a requirement stated as a rate, instead of to a count that one run gave."""
+    """Is k successes in n trials consistent with a success rate of at least `rate`? False only when a rate
+    that high would give k or fewer with probability under 1 - confidence (one-sided exact binomial test).
+    Tests use it to hold a sample to a requirement stated as a rate, instead of to a count that one run gave.
+    """
     p_low = sum(math.comb(n, i) * rate**i * (1 - rate) ** (n - i) for i in range(k + 1))
     return p_low >= 1 - confidence
 
@@ -61,11 +82,11 @@ def shows(image, spec) -> dict:
 
 
 def edit_scores(source_image, edited_image, source: str, target: str, k: int) -> dict | None:
-    """Scores of an edit of object k (source prompt -> target prompt) -> None if the source image does not show
-    its prompt (an edit of a wrong picture measures nothing), else: edited (the object shows the target's words),
-    moved (px between its centres, NaN if not found), kept_iou (the other object's mask IoU with the source's;
-    None for one-object prompts), background (kept) and outside (mean abs pixel change, 0-255, outside the
-    edited object of the source)."""
+    """Scores of an edit of object k (source prompt -> target prompt) -> None if the source image does not
+    show its prompt (an edit of a wrong picture measures nothing), else: edited (the object shows the target's
+    words), moved (px between its centres, NaN if not found), kept_iou (the other object's mask IoU with the
+    source's; None for one-object prompts), background (kept) and outside (mean abs pixel change, 0-255,
+    outside the edited object of the source)."""
     s_spec, t_spec = shapes.parse(source), shapes.parse(target)
     s_bg, s_found = shapes.analyse(np.asarray(source_image))
     was = find(s_found, s_spec.objects[k])
@@ -89,8 +110,9 @@ def edit_scores(source_image, edited_image, source: str, target: str, k: int) ->
 
 def swap_edit(pipe, seed: int, **generate) -> dict | None:
     """Word swap SWAPS[seed % 4] from `seed`, scored three ways -> None if the source image does not show its
-    prompt, else {"Replace": scores, "plain target": scores, "Replace + LocalBlend": scores} (see edit_scores):
-    the edit, plain generation of the target from the same noise, and the edit confined to the object's words."""
+    prompt, else {"Replace": scores, "plain target": scores, "Replace + LocalBlend": scores} (see
+    edit_scores): the edit, plain generation of the target from the same noise, and the edit confined to the
+    object's words."""
     source, target, k = SWAPS[seed % len(SWAPS)]
     words = sorted({shapes.parse(source).objects[k].shape, shapes.parse(target).objects[k].shape})
     src, replaced = pipe.edit(source, target, seed=seed, **generate)
@@ -109,20 +131,24 @@ def reweight_shown(pipe, word: str, scale: float, seeds, **generate) -> dict:
         image = pipe.edit(REWEIGHT_PROMPT, REWEIGHT_PROMPT, reweight={word: scale}, seed=seed, **generate)[1]
         bg, found = shapes.analyse(np.asarray(image))
         objects = {(f.colour, f.shape) for f in found}
-        rows.append([want == bg if isinstance(want, str) else want in objects for want in REWEIGHT_SHOWS.values()])
+        rows.append(
+            [want == bg if isinstance(want, str) else want in objects for want in REWEIGHT_SHOWS.values()]
+        )
     return dict(zip(REWEIGHT_SHOWS, np.mean(rows, axis=0).tolist()))
 
 
 def adherence(pipe, n=200, seed=0, batch=25, p_omit=0.2, **generate) -> tuple:
-    """Prompts sampled from the grammar (attributes left open with probability p_omit), each from its own seeded
-    noise -> (share right per attribute, [(prompt, image, per-attribute result)])."""
+    """Prompts sampled from the grammar (attributes left open with probability p_omit), each from its own
+    seeded noise -> (share right per attribute, [(prompt, image, per-attribute result)])."""
     rng = np.random.default_rng(seed)
     specs = [shapes.sample_spec(rng, p_omit) for _ in range(n)]
     results = []
     for i in range(0, n, batch):
         chunk = specs[i : i + batch]
         size = pipe.config.image_size
-        noise = torch.cat([pipe.initial_latent(seed * 100_000 + i + j, size, size) for j in range(len(chunk))])
+        noise = torch.cat(
+            [pipe.initial_latent(seed * 100_000 + i + j, size, size) for j in range(len(chunk))]
+        )
         images = pipe.generate([s.prompt() for s in chunk], latents=noise, **generate)
         results += [(s.prompt(), im, shows(im, s)) for s, im in zip(chunk, images)]
     rates = {key: float(np.mean([r[2][key] for r in results])) for key in results[0][2]}
@@ -152,8 +178,8 @@ def vae_psnr(pipe, n=256, seed=999, batch=64) -> float:
 
 
 def colour_edit_scene(k: int) -> tuple:
-    """Rendered scene k with a red circle and a square or triangle -> (pixels, source prompt, target prompt with
-    the circle blue, the circle's mask). The other object is not a circle: "circle" names one object."""
+    """Rendered scene k with a red circle and a square or triangle -> (pixels, source prompt, target prompt
+    with the circle blue, the circle's mask). The other object is not a circle: "circle" names one object."""
     rng = np.random.default_rng(1000 + k)
     other = shapes.Obj(None, ("triangle", "square")[k % 2])
     img, full, masks = shapes.render(shapes.Spec([shapes.Obj("red", "circle"), other], None), rng)
@@ -165,19 +191,20 @@ def turned(edited, circle: np.ndarray, colour: str = "blue") -> bool:
     """Does the edited image show a circle of that colour over most of the source's circle?"""
     _, found = shapes.analyse(np.asarray(edited))
     return any(
-        f.shape == "circle" and f.colour == colour and (f.mask & circle).sum() > 0.5 * circle.sum() for f in found
+        f.shape == "circle" and f.colour == colour and (f.mask & circle).sum() > 0.5 * circle.sum()
+        for f in found
     )
 
 
 def away_from(mask: np.ndarray, px: int = 2) -> np.ndarray:
-    """Pixels more than `px` from `mask`: an edited object's outline is redrawn, so its rim is neither the other
-    object nor the background."""
+    """Pixels more than `px` from `mask`: an edited object's outline is redrawn, so its rim is neither the
+    other object nor the background."""
     grown = torch.nn.functional.max_pool2d(torch.from_numpy(mask).float()[None, None], 2 * px + 1, 1, px)
     return grown[0, 0].numpy() == 0
 
 
 def inverted_edit(tokenizer, source: str, target: str, **settings) -> Replace:
-    """The circle's colour edit for an inverted image: Replace with LocalBlend on "circle", keeping the structure
-    (defaults.KEEP_STRUCTURE) unless `settings` say otherwise."""
+    """The circle's colour edit for an inverted image: Replace with LocalBlend on "circle", keeping the
+    structure (defaults.KEEP_STRUCTURE) unless `settings` say otherwise."""
     settings = {**defaults.KEEP_STRUCTURE, **settings}
     return Replace([source, target], tokenizer, local_blend=LocalBlend(["circle", "circle"]), **settings)

@@ -9,11 +9,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 def to_tensor(images) -> torch.Tensor:
-    """A PIL image, a uint8 array (H, W, 3), or a list / stacked array of them -> (B, 3, H, W) float32 in [-1, 1]."""
+    """A PIL image, a uint8 array (H, W, 3), or a list / stacked array of them -> (B, 3, H, W) float32 in [-1,
+    1]."""
     if isinstance(images, Image.Image):
         images = [images]
     if isinstance(images, (list, tuple)):
-        images = np.stack([np.asarray(im.convert("RGB") if isinstance(im, Image.Image) else im) for im in images])
+        images = np.stack(
+            [np.asarray(im.convert("RGB") if isinstance(im, Image.Image) else im) for im in images]
+        )
     x = np.asarray(images, dtype=np.float32)
     x = x[None] if x.ndim == 3 else x
     return torch.from_numpy(x / 127.5 - 1).permute(0, 3, 1, 2).contiguous()
@@ -41,10 +44,13 @@ def load_image(image, size: int, crop=(0, 0, 0, 0)) -> Image.Image:
         except (FileNotFoundError, IsADirectoryError):
             raise FileNotFoundError(f"image not found: {image}") from None
         except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"cannot read {image} as an image ({e}); give a PNG, JPEG or WebP file") from None
+            raise ValueError(
+                f"cannot read {image} as an image ({e}); give a PNG, JPEG or WebP file"
+            ) from None
     if size <= 0 or len(crop) != 4 or min(crop) < 0:
         raise ValueError(
-            f"size must be positive and crop four pixel counts >= 0 (left, right, top, bottom): size={size}, crop={crop}"
+            f"size must be positive and crop four pixel counts >= 0 (left, right, top, bottom): "
+            f"size={size}, crop={crop}"
         )
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):

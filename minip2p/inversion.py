@@ -1,7 +1,8 @@
 """Real-image editing: invert a photo into the model's noise, so that Prompt-to-Prompt can edit it.
 
 - DDIM inversion: the deterministic DDIM update run backwards with the conditional prediction (guidance 1).
-- Null-text inversion (Mokady et al. 2022): DDIM inversion, then, step by step, optimise the unconditional ("null")
+- Null-text inversion (Mokady et al. 2022): DDIM inversion, then, step by step, optimise the unconditional
+  ("null")
   text embedding so that guided sampling (guidance 7.5) retraces the inverted trajectory.
 - Negative-prompt inversion (Miyake et al. 2023): use the prompt's own embedding as the null embedding; no
   optimisation. With it, guided sampling is conditional sampling, which retraces DDIM inversion approximately.
@@ -41,18 +42,28 @@ class Inversion:
         return self.null_embeddings.shape[0]
 
     def settings(self, steps, guidance_scale, negative_prompt) -> tuple:
-        """Sampling from this inversion -> (steps, guidance_scale, steps_offset, start latent); an error where the
-        caller asks for other steps, guidance or a negative prompt (the null embeddings take its place)."""
-        for name, given, own in (("steps", steps, self.steps), ("guidance_scale", guidance_scale, self.guidance_scale)):
+        """Sampling from this inversion -> (steps, guidance_scale, steps_offset, start latent); an error where
+        the caller asks for other steps, guidance or a negative prompt (the null embeddings take its place).
+        """
+        for name, given, own in (
+            ("steps", steps, self.steps),
+            ("guidance_scale", guidance_scale, self.guidance_scale),
+        ):
             if given is not None and given != own:
                 raise ValueError(f"{name}={given} differs from the inversion's {own}; leave it out")
         if negative_prompt:
-            raise ValueError("negative_prompt cannot be used with an inversion: its null embeddings take that place")
+            raise ValueError(
+                "negative_prompt cannot be used with an inversion: its null embeddings take that place"
+            )
         return self.steps, self.guidance_scale, self.steps_offset, self.latent
 
     def save(self, path):
-        meta = {"prompt": self.prompt, "method": self.method, "guidance_scale": str(self.guidance_scale),
-                "steps_offset": str(self.steps_offset)}
+        meta = {
+            "prompt": self.prompt,
+            "method": self.method,
+            "guidance_scale": str(self.guidance_scale),
+            "steps_offset": str(self.steps_offset),
+        }
         tensors = {"latent": self.latent.contiguous(), "null_embeddings": self.null_embeddings.contiguous()}
         save_file(tensors, str(path), metadata={META_KEY: json.dumps(meta)})
 
@@ -63,8 +74,14 @@ class Inversion:
         if meta is None:
             raise ValueError(f"{path} is not an inversion saved by minip2p (no {META_KEY} metadata)")
         t = load_file(str(path))
-        return cls(t["latent"], t["null_embeddings"], meta["prompt"], meta["method"],
-                   float(meta["guidance_scale"]), int(meta["steps_offset"]))
+        return cls(
+            t["latent"],
+            t["null_embeddings"],
+            meta["prompt"],
+            meta["method"],
+            float(meta["guidance_scale"]),
+            int(meta["steps_offset"]),
+        )
 
 
 def invert(
@@ -84,7 +101,9 @@ def invert(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if not prompt or not prompt.strip():
-        raise ValueError("inversion needs the prompt that describes the image (an empty prompt inverts poorly)")
+        raise ValueError(
+            "inversion needs the prompt that describes the image (an empty prompt inverts poorly)"
+        )
     if not isinstance(image, torch.Tensor):
         image = to_tensor(load_image(image, pipe.config.image_size))
     pipe.check_size(image.shape[2], image.shape[3])
@@ -101,16 +120,20 @@ def invert(
     elif method == "negative-prompt":
         nulls = cond.expand(steps, -1, -1)
     else:
-        nulls = null_text_optimisation(pipe, ddim, trajectory, cond, null, guidance_scale, inner_steps, early_stop,
-                                       progress)
+        nulls = null_text_optimisation(
+            pipe, ddim, trajectory, cond, null, guidance_scale, inner_steps, early_stop, progress
+        )
     return Inversion(trajectory[-1], nulls.clone(), prompt, method, guidance_scale, steps_offset, trajectory)
 
 
-def null_text_optimisation(pipe, ddim, trajectory, cond, null, guidance_scale, inner_steps, early_stop, progress):
-    """Per step i, Adam on the null embedding (lr 1e-2 (1 - i/100)) until the guided step from the current latent
-    lands on the inverted trajectory's next latent (loss < early_stop + i * 2e-5), at most inner_steps times.
-    The conditional prediction is computed once per step; no graph is kept across steps. In fp16/bf16 the
-    embedding and its Adam state stay fp32 (a fp16 Adam step divides by an underflowed second moment: NaN)."""
+def null_text_optimisation(
+    pipe, ddim, trajectory, cond, null, guidance_scale, inner_steps, early_stop, progress
+):
+    """Per step i, Adam on the null embedding (lr 1e-2 (1 - i/100)) until the guided step from the current
+    latent lands on the inverted trajectory's next latent (loss < early_stop + i * 2e-5), at most inner_steps
+    times. The conditional prediction is computed once per step; no graph is kept across steps. In fp16/bf16
+    the embedding and its Adam state stay fp32 (a fp16 Adam step divides by an underflowed second moment:
+    NaN)."""
     nulls, x = [], trajectory[-1]
     bar = tqdm(ddim.timesteps, desc="null-text optimisation", disable=not progress, leave=False)
     for i, t in enumerate(bar):

@@ -1,4 +1,5 @@
 """Small building blocks shared by the UNet and the VAE."""
+
 import math
 
 import torch
@@ -23,7 +24,8 @@ class LayerNorm(nn.LayerNorm):
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour x2, then a 3x3 conv (UNet `output_blocks.N.M.conv`, VAE `decoder.up.N.upsample.conv`)."""
+    """Nearest-neighbour x2, then a 3x3 conv (UNet `output_blocks.N.M.conv`, VAE
+    `decoder.up.N.upsample.conv`)."""
 
     def __init__(self, ch):
         super().__init__()

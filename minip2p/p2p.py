@@ -1,4 +1,5 @@
-"""Prompt-to-Prompt controllers (Hertz et al. 2022): Replace, Refine, Reweight, and the edit two prompts ask for.
+"""Prompt-to-Prompt controllers (Hertz et al. 2022): Replace, Refine, Reweight, and the edit two prompts ask
+for.
 
 A batch of prompts is generated together from one noise; prompt 0 is the source. The UNet runs the batch as
 [unconditional prompts..., conditional prompts...]; only the conditional half is read or edited. At every
@@ -28,7 +29,9 @@ def check_window(fractions, what: str) -> tuple:
     except (TypeError, ValueError):
         start = end = math.nan
     if not 0 <= start <= end <= 1:
-        raise ValueError(f"{what} must be a fraction in [0, 1] or a pair 0 <= start <= end <= 1, not {fractions!r}")
+        raise ValueError(
+            f"{what} must be a fraction in [0, 1] or a pair 0 <= start <= end <= 1, not {fractions!r}"
+        )
     return start, end
 
 
@@ -38,19 +41,25 @@ def step_window(window: tuple, steps: int) -> tuple:
 
 
 def cross_windows(prompts, tokenizer, cross_replace_steps) -> list:
-    """cross_replace_steps (a fraction, a (start, end) pair, or a dict {word: fraction or pair, "default_": ...}
-    giving words of the target prompts their own window) -> [(target, token positions or None for all, window)],
-    checked: every word is in every target prompt."""
-    spec = dict(cross_replace_steps) if isinstance(cross_replace_steps, dict) else {"default_": cross_replace_steps}
+    """cross_replace_steps (a fraction, a (start, end) pair, or a dict {word: fraction or pair, "default_":
+    ...} giving words of the target prompts their own window) -> [(target, token positions or None for all,
+    window)], checked: every word is in every target prompt."""
+    spec = (
+        dict(cross_replace_steps)
+        if isinstance(cross_replace_steps, dict)
+        else {"default_": cross_replace_steps}
+    )
     out = [(None, None, check_window(spec.pop("default_", (0.0, 1.0)), "cross_replace_steps"))]
     for word, window in spec.items():
         window = check_window(window, f"cross_replace_steps[{word!r}]")
-        out += [(p, word_token_indices(prompt, word, tokenizer), window) for p, prompt in enumerate(prompts[1:])]
+        out += [
+            (p, word_token_indices(prompt, word, tokenizer), window) for p, prompt in enumerate(prompts[1:])
+        ]
     return out
 
 
 def cross_alphas(windows: list, targets: int, steps: int) -> torch.Tensor:
-    """(steps, targets, 77): 1 where a target's token takes the source's map at a step (from `cross_windows`)."""
+    """(steps, targets, 77): 1 where a target's token takes the source's map at a step (see cross_windows)."""
     alphas = torch.zeros(steps, targets, MAX_TOKENS)
     for p, idx, window in windows:
         a, b = step_window(window, steps)
@@ -64,7 +73,8 @@ def cross_alphas(windows: list, targets: int, steps: int) -> torch.Tensor:
 
 class Edit(Controller):
     """What Replace, Refine and Reweight share: step windows, the self-attention replacement, LocalBlend, an
-    optional AttentionStore. Subclasses say how a target takes the source's cross-attention (`replace_cross`)."""
+    optional AttentionStore. Subclasses say how a target takes the source's cross-attention (`replace_cross`).
+    """
 
     def __init__(
         self,
@@ -80,8 +90,8 @@ class Edit(Controller):
             raise ValueError("an edit needs the source prompt and at least one target prompt")
         if not 0 < self_max_fraction <= 1:
             raise ValueError(
-                f"self_max_fraction is the largest self-attention map replaced, as a fraction of the latent size, "
-                f"in (0, 1] (0.25: 16x16 of a 64x64 latent; 1: every size), not {self_max_fraction!r}"
+                f"self_max_fraction is the largest self-attention map replaced, as a fraction of the latent "
+                f"size, in (0, 1] (0.25: 16x16 of a 64x64 latent; 1: every size), not {self_max_fraction!r}"
             )
         self.prompts, self.tokenizer = list(prompts), tokenizer
         self.self_window = check_window(self_replace_steps, "self_replace_steps")
@@ -121,7 +131,11 @@ class Edit(Controller):
         )
 
     def wants(self, place):
-        return place.is_cross or self.replaces_self(place) or (self.store is not None and self.store.wants(place))
+        return (
+            place.is_cross
+            or self.replaces_self(place)
+            or (self.store is not None and self.store.wants(place))
+        )
 
     def __call__(self, attn, place):
         cond = conditional_half(attn, place.heads)  # (P, heads, n, m), a view: edits write into attn
@@ -148,14 +162,17 @@ class Replace(Edit):
     """Word swap: "a cat" -> "a dog". Target token j attends like the source tokens mapped onto it."""
 
     def prepare(self):
-        self.mapper = torch.stack([replacement_mapper(self.prompts[0], p, self.tokenizer) for p in self.prompts[1:]])
+        self.mapper = torch.stack(
+            [replacement_mapper(self.prompts[0], p, self.tokenizer) for p in self.prompts[1:]]
+        )
 
     def replace_cross(self, base, target):
         return torch.einsum("hqs,pst->phqt", base, self.mapper.to(base.dtype))
 
 
 class Refine(Edit):
-    """Adding words: "a cat" -> "a fluffy cat". Tokens shared with the source take its maps; new tokens keep theirs."""
+    """Adding words: "a cat" -> "a fluffy cat". Tokens shared with the source take its maps; new tokens keep
+    theirs."""
 
     def prepare(self):
         pairs = [refinement_mapper(self.prompts[0], p, self.tokenizer) for p in self.prompts[1:]]
@@ -169,16 +186,20 @@ class Refine(Edit):
 
 
 class Reweight(Edit):
-    """Scale a word's attention. `scales`: {word: scale} (words of the target prompts), or a (77,) or (P-1, 77)
-    tensor of per-token scales. With `base=` another edit (Replace or Refine), its result is re-weighted: edits
-    chain."""
+    """Scale a word's attention. `scales`: {word: scale} (words of the target prompts), or a (77,) or (P-1,
+    77) tensor of per-token scales. With `base=` another edit (Replace or Refine), its result is re-weighted:
+    edits chain."""
 
     def __init__(self, prompts, tokenizer, scales, base: Edit | None = None, **settings):
         if isinstance(scales, dict):
-            scales = torch.stack([equalizer(p, list(scales), list(scales.values()), tokenizer) for p in prompts[1:]])
+            scales = torch.stack(
+                [equalizer(p, list(scales), list(scales.values()), tokenizer) for p in prompts[1:]]
+            )
         self.scales, self.base = torch.as_tensor(scales, dtype=torch.float32), base
         if self.scales.shape[-1] != MAX_TOKENS:
-            raise ValueError(f"scales must have {MAX_TOKENS} entries (one per token), not {tuple(self.scales.shape)}")
+            raise ValueError(
+                f"scales must have {MAX_TOKENS} entries (one per token), not {tuple(self.scales.shape)}"
+            )
         if not torch.isfinite(self.scales).all():
             raise ValueError(f"Reweight scales must be finite numbers: {self.scales.unique().tolist()}")
         super().__init__(prompts, tokenizer, **settings)

@@ -28,11 +28,19 @@ def check_device(device) -> torch.device:
     except (RuntimeError, TypeError):
         raise ValueError(f"device {device!r} is not a device name: use cpu, cuda, cuda:1 or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        build = "without CUDA" if torch.version.cuda is None else f"with CUDA {torch.version.cuda} but sees no GPU"
-        raise ValueError(f"device {str(device)!r} is not available: this torch {torch.__version__} is built {build}; "
-                         "use cpu")
+        build = (
+            "without CUDA"
+            if torch.version.cuda is None
+            else f"with CUDA {torch.version.cuda} but sees no GPU"
+        )
+        raise ValueError(
+            f"device {str(device)!r} is not available: this torch {torch.__version__} is built {build}; "
+            "use cpu"
+        )
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"device {str(device)!r} is not available: this machine has {torch.cuda.device_count()} GPUs")
+        raise ValueError(
+            f"device {str(device)!r} is not available: this machine has {torch.cuda.device_count()} GPUs"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' is not available on this machine; use cpu")
     return device
@@ -58,7 +66,9 @@ def load(path=None, *, device="cpu", dtype=torch.float32, prediction: str | None
         unet, vae = UNet(cfg.unet), VAE(cfg.vae)
     text_encoder = build_text_encoder(cfg.text)
     prefixes = (ckpt.UNET_PREFIX, ckpt.VAE_PREFIX, ckpt.text_prefix(cfg))
-    parts = zip((unet_sd, vae_sd, text_sd), (unet, vae, text_encoder), ("UNet", "VAE", "text encoder"), prefixes)
+    parts = zip(
+        (unet_sd, vae_sd, text_sd), (unet, vae, text_encoder), ("UNet", "VAE", "text encoder"), prefixes
+    )
     for sd, model, what, prefix in parts:
         expected = {k: v.shape for k, v in model.state_dict().items()}
         ckpt.check_state_dict(sd, expected, path, what, "" if path.is_dir() else prefix)
@@ -71,7 +81,8 @@ def load(path=None, *, device="cpu", dtype=torch.float32, prediction: str | None
 
 class Pipeline:
     """A loaded model: `unet(x, t, context)`, `vae.encode/decode` (unscaled latents), `text_encoder`,
-    `tokenizer`, `config`; `generate` (text to image), `edit` (Prompt-to-Prompt) and `invert` (real images)."""
+    `tokenizer`, `config`; `generate` (text to image), `edit` (Prompt-to-Prompt) and `invert` (real images).
+    """
 
     def __init__(self, config: ckpt.ModelConfig, unet: UNet, vae: VAE, text_encoder, tokenizer):
         self.config, self.unet, self.vae = config, unet, vae
@@ -106,7 +117,7 @@ class Pipeline:
         return (self.config.unet.in_channels, height // self.factor, width // self.factor)
 
     def initial_latent(self, seed: int, height: int, width: int) -> torch.Tensor:
-        """One (1, C, h, w) noise latent for a seed, drawn on the CPU so that it is the same on every device."""
+        """One (1, C, h, w) noise latent for a seed, drawn on the CPU: the same on every device."""
         g = torch.Generator("cpu").manual_seed(seed)
         return torch.randn((1, *self.latent_shape(height, width)), generator=g).to(self.device, self.dtype)
 
@@ -120,15 +131,17 @@ class Pipeline:
                 )
 
     def noise(self, seed, generator, height, width) -> tuple:
-        """The start latent (1, C, h, w) and the generator that later noise (eta) comes from. With neither seed nor
-        generator, a seed is drawn and reported on stderr, so that a good image can be made again."""
+        """The start latent (1, C, h, w) and the generator that later noise (eta) comes from. With neither
+        seed nor generator, a seed is drawn and reported on stderr, so that a good image can be made again."""
         if generator is None:
             if seed is None:
                 seed = int(torch.randint(0, 2**31 - 1, ()))
                 print(f"seed {seed} (drawn at random; pass seed={seed} to repeat)", file=sys.stderr)
             generator = torch.Generator("cpu").manual_seed(seed)
         shape = (1, *self.latent_shape(height, width))
-        return torch.randn(shape, generator=generator, device=generator.device).to(self.device, self.dtype), generator
+        return torch.randn(shape, generator=generator, device=generator.device).to(
+            self.device, self.dtype
+        ), generator
 
     @torch.no_grad()
     def sample(
@@ -151,14 +164,16 @@ class Pipeline:
     ) -> torch.Tensor:
         """The DDIM loop with classifier-free guidance -> final latents (B, C, h, w), in UNet (scaled) units.
 
-        Every prompt starts from the same noise: `latents`, else drawn from `generator` or `seed`. With `inversion`
-        (from `invert`), sampling starts from its noise and uses its per-step null embeddings, steps, guidance and
-        schedule, so that the first prompt reconstructs the inverted image."""
+        Every prompt starts from the same noise: `latents`, else drawn from `generator` or `seed`. With
+        `inversion` (from `invert`), sampling starts from its noise and uses its per-step null embeddings,
+        steps, guidance and schedule, so that the first prompt reconstructs the inverted image."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ValueError("give at least one prompt")
         if inversion is not None:
-            steps, guidance_scale, steps_offset, latents = inversion.settings(steps, guidance_scale, negative_prompt)
+            steps, guidance_scale, steps_offset, latents = inversion.settings(
+                steps, guidance_scale, negative_prompt
+            )
             height, width = (s * self.factor for s in latents.shape[2:])
         steps = defaults.STEPS if steps is None else steps
         guidance_scale = defaults.GUIDANCE_SCALE if guidance_scale is None else guidance_scale
@@ -174,8 +189,10 @@ class Pipeline:
         elif generator is None and eta > 0:
             generator = torch.Generator("cpu").manual_seed(0 if seed is None else seed)
         if tuple(latents.shape[1:]) != shape or latents.shape[0] not in (1, len(prompts)):
-            raise ValueError(f"latents must have shape (1 or {len(prompts)}, {', '.join(map(str, shape))}), "
-                             f"not {tuple(latents.shape)}")
+            raise ValueError(
+                f"latents must have shape (1 or {len(prompts)}, {', '.join(map(str, shape))}), "
+                f"not {tuple(latents.shape)}"
+            )
         x = latents.to(self.device, self.dtype).expand(len(prompts), *shape).clone()
         if controller is not None:
             controller.start(steps, shape[1:], self.device)
@@ -184,10 +201,13 @@ class Pipeline:
                 uncond = inversion.null_embeddings[i].to(cond).expand_as(cond)
             if controller is not None:
                 controller.before_step(i)
-            out_uncond, out_cond = self.unet(torch.cat([x, x]), t.to(self.device), torch.cat([uncond, cond]),
-                                             controller).chunk(2)
+            out_uncond, out_cond = self.unet(
+                torch.cat([x, x]), t.to(self.device), torch.cat([uncond, cond]), controller
+            ).chunk(2)
             out = guided(out_uncond, out_cond, guidance_scale)
-            noise = torch.randn(x.shape, generator=generator, device=generator.device).to(x) if eta > 0 else None
+            noise = (
+                torch.randn(x.shape, generator=generator, device=generator.device).to(x) if eta > 0 else None
+            )
             x = ddim.step(out, t, x, eta, noise)
             if controller is not None:
                 x = controller.after_step(i, x)
@@ -207,8 +227,8 @@ class Pipeline:
 
     def generate(self, prompts, *, output: str = "pil", **sampling):
         """Text to image, one image per prompt, all from the same initial noise (`sample`'s options; 50 steps
-        and guidance 7.5 unless given). output: "pil" (a list of PIL images), "tensor" ((B, 3, H, W) in [-1, 1])
-        or "latent" (UNet-space latents, before the VAE)."""
+        and guidance 7.5 unless given). output: "pil" (a list of PIL images), "tensor" ((B, 3, H, W) in [-1,
+        1]) or "latent" (UNet-space latents, before the VAE)."""
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
         x = self.sample(prompts, **sampling)
@@ -238,11 +258,11 @@ class Pipeline:
     ):
         """Prompt-to-Prompt in one call -> [source image, edited image] from the same noise.
 
-        kind: "replace" (word swap, same word count), "refine" (words added or removed) or "reweight" (the target's
-        attention scaled by `reweight`, {word: scale}); by default replace for equal word counts, refine otherwise,
-        reweight for identical prompts with `reweight`; `reweight` with another kind chains on it. blend: words
-        whose region the edit is confined to (LocalBlend), each looked up in both prompts. Other options go to
-        `generate` (seed, steps, inversion, ...)."""
+        kind: "replace" (word swap, same word count), "refine" (words added or removed) or "reweight" (the
+        target's attention scaled by `reweight`, {word: scale}); by default replace for equal word counts,
+        refine otherwise, reweight for identical prompts with `reweight`; `reweight` with another kind chains
+        on it. blend: words whose region the edit is confined to (LocalBlend), each looked up in both prompts.
+        Other options go to `generate` (seed, steps, inversion, ...)."""
         controller = make_edit(
             source_prompt,
             target_prompt,
@@ -256,4 +276,3 @@ class Pipeline:
             store=store,
         )
         return self.generate([source_prompt, target_prompt], controller=controller, **generate)
-

@@ -3,15 +3,23 @@
 64x64 RGB images of 1 or 2 flat, non-overlapping objects on a plain background, described by prompts such as
 "a red circle and a blue square on a white background". Any attribute may be left out of a prompt ("a circle",
 "a red shape", no background phrase); the renderer then picks it at random. `analyse` recovers background,
-colours, masks, boxes and shapes from any 64x64 image, so tests can check what a generated or edited image shows.
+colours, masks, boxes and shapes from any 64x64 image, so tests can check what a generated or edited image
+shows.
 """
+
 from dataclasses import dataclass, field
 
 import numpy as np
 
 SIZE = 64
-COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 230), "yellow": (240, 220, 30),
-           "purple": (140, 40, 180), "orange": (250, 140, 20)}
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 40),
+    "blue": (30, 60, 230),
+    "yellow": (240, 220, 30),
+    "purple": (140, 40, 180),
+    "orange": (250, 140, 20),
+}
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
 SHAPES = ("circle", "square", "triangle")
 FILL = {"square": 1.0, "circle": np.pi / 4, "triangle": 0.5}  # area / bounding-box area
@@ -19,13 +27,14 @@ FILL = {"square": 1.0, "circle": np.pi / 4, "triangle": 0.5}  # area / bounding-
 
 @dataclass
 class Obj:
-    colour: str = None   # a key of COLOURS, or None: picked at random when rendered
-    shape: str = None    # one of SHAPES, or None
+    colour: str = None  # a key of COLOURS, or None: picked at random when rendered
+    shape: str = None  # one of SHAPES, or None
 
 
 @dataclass
 class Spec:
     """What a prompt says; None means the prompt leaves it open."""
+
     objects: list = field(default_factory=lambda: [Obj()])
     background: str = None
 
@@ -47,7 +56,12 @@ def parse(prompt):
             pass
         elif w == "on":
             phrase = words[i + 1 : i + 4]
-            if len(phrase) < 3 or phrase[0] not in ("a", "an") or phrase[1] not in BACKGROUNDS or phrase[2] != "background":
+            if (
+                len(phrase) < 3
+                or phrase[0] not in ("a", "an")
+                or phrase[1] not in BACKGROUNDS
+                or phrase[2] != "background"
+            ):
                 raise ValueError(f"{prompt!r}: expected 'on a <{'|'.join(BACKGROUNDS)}> background'")
             spec.background = phrase[1]
             i += 3
@@ -59,8 +73,10 @@ def parse(prompt):
             spec.objects.append(obj)
             obj = None
         else:
-            raise ValueError(f"{prompt!r}: unknown word {w!r}; the shapes world knows colours {list(COLOURS)}, "
-                             f"shapes {list(SHAPES)} (or 'shape'), backgrounds {list(BACKGROUNDS)}")
+            raise ValueError(
+                f"{prompt!r}: unknown word {w!r}; the shapes world knows colours {list(COLOURS)}, "
+                f"shapes {list(SHAPES)} (or 'shape'), backgrounds {list(BACKGROUNDS)}"
+            )
         i += 1
     if not 1 <= len(spec.objects) <= 2 or obj is not None:
         raise ValueError(f"{prompt!r}: describe 1 or 2 objects, each ending in a shape word")
@@ -131,8 +147,8 @@ class Found:
     colour: str
     shape: str
     mask: np.ndarray
-    box: tuple      # (x0, y0, x1, y1), inclusive
-    fill: float     # mask area / box area
+    box: tuple  # (x0, y0, x1, y1), inclusive
+    fill: float  # mask area / box area
 
 
 def nearest(rgb, table):
@@ -142,7 +158,7 @@ def nearest(rgb, table):
 
 
 def components(mask):
-    """4-connected components of a boolean mask -> list of boolean masks (plain flood fill; images are small)."""
+    """4-connected components of a boolean mask -> boolean masks (a plain flood fill: images are small)."""
     seen, out = np.zeros_like(mask), []
     for y0, x0 in zip(*np.nonzero(mask)):
         if seen[y0, x0]:

@@ -8,14 +8,22 @@ from .attention import Controller, Place, conditional_half
 
 
 class AttentionStore(Controller):
-    """Keeps the conditional half's maps: the sum over steps per place (read as a mean), as head-averaged copies.
+    """Keeps the conditional half's maps: the sum over steps per place (read as a mean), as head-averaged
+    copies.
 
     self_max_tokens: self-attention maps are kept only up to this many queries (a 64x64 map is 4096^2 floats);
-    factors: keep only places at these downsampling factors (None: all); per_step / per_head: keep every step's
-    maps / every head, for research."""
+    factors: keep only places at these downsampling factors (None: all); per_step / per_head: keep every
+    step's maps / every head, for research."""
 
-    def __init__(self, self_max_tokens=defaults.STORE_SELF_MAX_TOKENS, factors=None, per_step=False, per_head=False):
-        self.self_max_tokens, self.factors, self.per_step, self.per_head = self_max_tokens, factors, per_step, per_head
+    def __init__(
+        self, self_max_tokens=defaults.STORE_SELF_MAX_TOKENS, factors=None, per_step=False, per_head=False
+    ):
+        self.self_max_tokens, self.factors, self.per_step, self.per_head = (
+            self_max_tokens,
+            factors,
+            per_step,
+            per_head,
+        )
         self.start(0, (0, 0))
 
     def start(self, steps, latent_hw, device=None):
@@ -60,7 +68,7 @@ class AttentionStore(Controller):
         ]
 
     def aggregate(self, res: int, places=("down", "mid", "up"), is_cross: bool = True) -> torch.Tensor:
-        """Mean map over steps, heads and the chosen places at one resolution -> (prompts, res, res', keys)."""
+        """Mean map over steps, heads and the chosen places at one size -> (prompts, res, res', keys)."""
         keys = self.keys(res, places, is_cross)
         if not keys:
             kind = "cross" if is_cross else "self"

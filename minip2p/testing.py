@@ -15,8 +15,14 @@ from .unet import UNet, UNetConfig
 from .vae import VAE, VAEConfig
 
 # parameters read as norms: random values near 1 (weights) or 0 (biases), so that no term can hide
-NORM_ENDINGS = ("in_layers.0.weight", "out_layers.0.weight", "out.0.weight", "in_layers.0.bias",
-                "out_layers.0.bias", "out.0.bias")
+NORM_ENDINGS = (
+    "in_layers.0.weight",
+    "out_layers.0.weight",
+    "out.0.weight",
+    "in_layers.0.bias",
+    "out_layers.0.bias",
+    "out.0.bias",
+)
 
 
 def small_config(family: str = "sd1") -> ModelConfig:
@@ -57,8 +63,13 @@ def clip_to_openclip(sd: dict) -> dict:
         "text_projection": torch.eye(sd["final_layer_norm.weight"].shape[0]),
         "logit_scale": torch.tensor(4.6),
     }
-    names = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
-             "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    names = {
+        "layer_norm1": "ln_1",
+        "layer_norm2": "ln_2",
+        "self_attn.out_proj": "attn.out_proj",
+        "mlp.fc1": "mlp.c_fc",
+        "mlp.fc2": "mlp.c_proj",
+    }
     layers = sorted({int(k.split(".")[2]) for k in sd if k.startswith("encoder.layers.")})
     for n in layers:
         ours, theirs = f"encoder.layers.{n}.", f"transformer.resblocks.{n}."
@@ -97,16 +108,36 @@ def write_checkpoint(path, cfg: ModelConfig, seed: int = 0, with_config: bool = 
 def ldm_config(cfg: ModelConfig) -> dict:
     """The original LDM config (the YAML's content) that diffusers' single-file converters read."""
     u, v = cfg.unet, cfg.vae
-    unet = dict(in_channels=u.in_channels, out_channels=u.out_channels, model_channels=u.model_channels,
-                attention_resolutions=list(u.attention_resolutions), num_res_blocks=u.num_res_blocks,
-                channel_mult=list(u.channel_mult), transformer_depth=u.transformer_depth,
-                context_dim=u.context_dim, use_linear_in_transformer=u.use_linear_proj)
+    unet = dict(
+        in_channels=u.in_channels,
+        out_channels=u.out_channels,
+        model_channels=u.model_channels,
+        attention_resolutions=list(u.attention_resolutions),
+        num_res_blocks=u.num_res_blocks,
+        channel_mult=list(u.channel_mult),
+        transformer_depth=u.transformer_depth,
+        context_dim=u.context_dim,
+        use_linear_in_transformer=u.use_linear_proj,
+    )
     if u.head_dim:
         unet["num_head_channels"] = u.head_dim
     else:
         unet["num_heads"] = u.num_heads
-    ddconfig = dict(ch=v.ch, ch_mult=list(v.ch_mult), num_res_blocks=v.num_res_blocks, in_channels=3, out_ch=3,
-                    z_channels=v.z_channels, double_z=True, attn_resolutions=[], resolution=256)
+    ddconfig = dict(
+        ch=v.ch,
+        ch_mult=list(v.ch_mult),
+        num_res_blocks=v.num_res_blocks,
+        in_channels=3,
+        out_ch=3,
+        z_channels=v.z_channels,
+        double_z=True,
+        attn_resolutions=[],
+        resolution=256,
+    )
     first_stage = {"params": {"ddconfig": ddconfig, "embed_dim": v.z_channels}}
-    params = {"scale_factor": v.scale_factor, "unet_config": {"params": unet}, "first_stage_config": first_stage}
+    params = {
+        "scale_factor": v.scale_factor,
+        "unet_config": {"params": unet},
+        "first_stage_config": first_stage,
+    }
     return {"model": {"params": params}}

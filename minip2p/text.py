@@ -4,6 +4,7 @@ SD1 uses OpenAI's CLIP ViT-L/14 text tower (last hidden state). SD2 uses OpenCLI
 has the same architecture with GELU: we load it into a CLIPTextModel (see `checkpoint.openclip_to_clip`) and
 take the penultimate layer's output through `final_layer_norm`, as SD2 does.
 """
+
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -11,20 +12,22 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-TOKENIZER_DIR = files("minip2p") / "data" / "tokenizer"  # the CLIP BPE vocabulary of SD1 and SD2 (package data)
+TOKENIZER_DIR = (
+    files("minip2p") / "data" / "tokenizer"
+)  # the CLIP BPE vocabulary of SD1 and SD2 (package data)
 
 
 @dataclass
 class TextConfig:
-    hidden_size: int = 768             # width of the hidden states the UNet attends to
-    intermediate_size: int = 3072      # MLP width
-    num_layers: int = 12               # transformer layers
-    num_heads: int = 12                # attention heads
-    hidden_act: str = "quick_gelu"     # OpenAI CLIP: quick_gelu; OpenCLIP (SD2): gelu
-    vocab_size: int = 49408            # the CLIP BPE vocabulary
-    max_length: int = 77               # tokens per prompt, start and end included
-    penultimate: bool = False          # SD2: use the second-to-last layer, then final_layer_norm
-    pad_token: str = "<|endoftext|>"   # SD1 pads with end-of-text; OpenCLIP (SD2) pads with "!" (id 0)
+    hidden_size: int = 768  # width of the hidden states the UNet attends to
+    intermediate_size: int = 3072  # MLP width
+    num_layers: int = 12  # transformer layers
+    num_heads: int = 12  # attention heads
+    hidden_act: str = "quick_gelu"  # OpenAI CLIP: quick_gelu; OpenCLIP (SD2): gelu
+    vocab_size: int = 49408  # the CLIP BPE vocabulary
+    max_length: int = 77  # tokens per prompt, start and end included
+    penultimate: bool = False  # SD2: use the second-to-last layer, then final_layer_norm
+    pad_token: str = "<|endoftext|>"  # SD1 pads with end-of-text; OpenCLIP (SD2) pads with "!" (id 0)
 
     @classmethod
     def sd1(cls):
@@ -32,22 +35,39 @@ class TextConfig:
 
     @classmethod
     def sd2(cls):
-        return cls(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16, hidden_act="gelu",
-                   penultimate=True, pad_token="!")
+        return cls(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_layers=24,
+            num_heads=16,
+            hidden_act="gelu",
+            penultimate=True,
+            pad_token="!",
+        )
 
 
 def build_text_encoder(cfg: TextConfig) -> CLIPTextModel:
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, hidden_act=cfg.hidden_act,
-        max_position_embeddings=cfg.max_length, layer_norm_eps=1e-5))
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            hidden_act=cfg.hidden_act,
+            max_position_embeddings=cfg.max_length,
+            layer_norm_eps=1e-5,
+        )
+    )
 
 
 def load_tokenizer(cfg: TextConfig, path=TOKENIZER_DIR) -> CLIPTokenizer:
     path = Path(path)
     if not any((path / f).is_file() for f in ("vocab.json", "tokenizer.json")):
-        raise FileNotFoundError(f"no CLIP tokenizer at {path} (expected vocab.json and merges.txt): "
-                                f"build it with `python scripts/build_tokenizer.py`")
+        raise FileNotFoundError(
+            f"no CLIP tokenizer at {path} (expected vocab.json and merges.txt): "
+            f"build it with `python scripts/build_tokenizer.py`"
+        )
     return CLIPTokenizer.from_pretrained(str(path), pad_token=cfg.pad_token, model_max_length=cfg.max_length)
 
 
@@ -56,8 +76,10 @@ def token_ids(tokenizer, prompt: str, max_length: int = 77) -> list:
     (and not transformers' warning first: verbose=False)."""
     ids = tokenizer(prompt, verbose=False).input_ids
     if len(ids) > max_length:
-        raise ValueError(f"prompt has {len(ids)} tokens, more than the {max_length} the text encoder takes "
-                         f"(start and end included); shorten it: {prompt!r}")
+        raise ValueError(
+            f"prompt has {len(ids)} tokens, more than the {max_length} the text encoder takes "
+            f"(start and end included); shorten it: {prompt!r}"
+        )
     return ids
 
 

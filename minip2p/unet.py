@@ -1,9 +1,11 @@
 """The Stable Diffusion UNet (v1.x and v2.x), with module paths equal to the CompVis checkpoint keys.
 
-`UNet(UNetConfig.sd1())` loads `model.diffusion_model.*` of a v1 checkpoint with `load_state_dict(strict=True)`
-after stripping that prefix. Every attention goes through `minip2p.attention.attention`, each with a fixed
-`Place` (its key, down/mid/up, cross or self, downsampling factor), so a controller knows where it is.
+`UNet(UNetConfig.sd1())` loads `model.diffusion_model.*` of a v1 checkpoint with
+`load_state_dict(strict=True)` after stripping that prefix. Every attention goes through
+`minip2p.attention.attention`, each with a fixed `Place` (its key, down/mid/up, cross or self, downsampling
+factor), so a controller knows where it is.
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -17,18 +19,18 @@ from .layers import GroupNorm, LayerNorm, Upsample, timestep_embedding
 
 @dataclass
 class UNetConfig:
-    in_channels: int = 4                          # latent channels in
-    out_channels: int = 4                         # channels out (eps or v)
-    model_channels: int = 320                     # width of the first level
-    channel_mult: tuple = (1, 2, 4, 4)            # width of each level, times model_channels
-    num_res_blocks: int = 2                       # ResBlocks per level on the way down (one more on the way up)
-    attention_resolutions: tuple = (1, 2, 4)      # downsampling factors that get a SpatialTransformer
-    num_heads: int = 8                            # heads per attention (SD1), used when head_dim is None
-    head_dim: int | None = None                   # channels per head (SD2: 64); None: num_heads heads
-    context_dim: int = 768                        # width of the text encoder's hidden states
-    use_linear_proj: bool = False                 # proj_in/proj_out as Linear (SD2) instead of 1x1 conv (SD1)
-    transformer_depth: int = 1                    # transformer blocks per SpatialTransformer
-    norm_groups: int = 32                         # GroupNorm groups everywhere
+    in_channels: int = 4  # latent channels in
+    out_channels: int = 4  # channels out (eps or v)
+    model_channels: int = 320  # width of the first level
+    channel_mult: tuple = (1, 2, 4, 4)  # width of each level, times model_channels
+    num_res_blocks: int = 2  # ResBlocks per level on the way down (one more on the way up)
+    attention_resolutions: tuple = (1, 2, 4)  # downsampling factors that get a SpatialTransformer
+    num_heads: int = 8  # heads per attention (SD1), used when head_dim is None
+    head_dim: int | None = None  # channels per head (SD2: 64); None: num_heads heads
+    context_dim: int = 768  # width of the text encoder's hidden states
+    use_linear_proj: bool = False  # proj_in/proj_out as Linear (SD2) instead of 1x1 conv (SD1)
+    transformer_depth: int = 1  # transformer blocks per SpatialTransformer
+    norm_groups: int = 32  # GroupNorm groups everywhere
 
     @classmethod
     def sd1(cls):
@@ -48,9 +50,11 @@ class ResBlock(nn.Module):
         self.in_layers = nn.Sequential(GroupNorm(groups, ch), nn.SiLU(), nn.Conv2d(ch, out_ch, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_ch, out_ch))
         self.out_layers = nn.Sequential(
-            GroupNorm(groups, out_ch), nn.SiLU(),
+            GroupNorm(groups, out_ch),
+            nn.SiLU(),
             nn.Identity(),  # was Dropout; keeps key indices
-            nn.Conv2d(out_ch, out_ch, 3, padding=1))
+            nn.Conv2d(out_ch, out_ch, 3, padding=1),
+        )
         self.skip_connection = nn.Identity() if ch == out_ch else nn.Conv2d(ch, out_ch, 1)
 
     def forward(self, x, emb):
@@ -88,7 +92,9 @@ class GEGLU(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, dim):
         super().__init__()
-        self.net = nn.Sequential(GEGLU(dim, 4 * dim), nn.Identity(), nn.Linear(4 * dim, dim))  # .1 was Dropout
+        self.net = nn.Sequential(
+            GEGLU(dim, 4 * dim), nn.Identity(), nn.Linear(4 * dim, dim)
+        )  # .1 was Dropout
 
     def forward(self, x):
         return self.net(x)
@@ -97,7 +103,7 @@ class FeedForward(nn.Module):
 class BasicTransformerBlock(nn.Module):
     def __init__(self, dim, heads, context_dim):
         super().__init__()
-        self.attn1 = CrossAttention(dim, heads)               # self-attention
+        self.attn1 = CrossAttention(dim, heads)  # self-attention
         self.ff = FeedForward(dim)
         self.attn2 = CrossAttention(dim, heads, context_dim)  # cross-attention to the text
         self.norm1, self.norm2, self.norm3 = LayerNorm(dim), LayerNorm(dim), LayerNorm(dim)
@@ -115,7 +121,8 @@ class SpatialTransformer(nn.Module):
         self.norm = GroupNorm(cfg.norm_groups, ch, eps=1e-6)
         self.proj_in = nn.Linear(ch, ch) if self.linear else nn.Conv2d(ch, ch, 1)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(ch, heads, cfg.context_dim) for _ in range(cfg.transformer_depth))
+            BasicTransformerBlock(ch, heads, cfg.context_dim) for _ in range(cfg.transformer_depth)
+        )
         self.proj_out = nn.Linear(ch, ch) if self.linear else nn.Conv2d(ch, ch, 1)
 
     def forward(self, x, context, controller):
@@ -200,7 +207,9 @@ class UNet(nn.Module):
                     factor //= 2
                 self.output_blocks.append(Block(*layers))
 
-        self.out = nn.Sequential(GroupNorm(groups, ch), nn.SiLU(), nn.Conv2d(width, cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(
+            GroupNorm(groups, ch), nn.SiLU(), nn.Conv2d(width, cfg.out_channels, 3, padding=1)
+        )
 
         where = {"input_blocks": "down", "middle_block": "mid", "output_blocks": "up"}
         for name, m in self.named_modules():
@@ -209,7 +218,9 @@ class UNet(nn.Module):
                     for attn_name in ("attn1", "attn2"):
                         attn = getattr(block, attn_name)
                         key = f"{name}.transformer_blocks.{i}.{attn_name}"
-                        attn.place = Place(key, where[name.split(".")[0]], attn.is_cross, m.factor, attn.heads)
+                        attn.place = Place(
+                            key, where[name.split(".")[0]], attn.is_cross, m.factor, attn.heads
+                        )
 
     def places(self):
         """Every attention Place of this UNet, in call order."""

@@ -4,6 +4,7 @@
 `encode` and `decode` work on *unscaled* latents; the scale factor (0.18215 for SD1/2) lives in the config
 because it is not in the weights.
 """
+
 from dataclasses import dataclass
 
 import torch.nn as nn
@@ -16,13 +17,13 @@ from .layers import GroupNorm, Upsample
 
 @dataclass
 class VAEConfig:
-    ch: int = 128                         # width of the first level
-    ch_mult: tuple = (1, 2, 4, 4)         # width of each level; the image shrinks by 2**(len-1)
-    num_res_blocks: int = 2               # ResnetBlocks per level (decoder: one more)
-    in_channels: int = 3                  # image channels
-    z_channels: int = 4                   # latent channels
-    norm_groups: int = 32                 # GroupNorm groups everywhere (eps 1e-6)
-    scale_factor: float = 0.18215         # latents are multiplied by this before the UNet sees them
+    ch: int = 128  # width of the first level
+    ch_mult: tuple = (1, 2, 4, 4)  # width of each level; the image shrinks by 2**(len-1)
+    num_res_blocks: int = 2  # ResnetBlocks per level (decoder: one more)
+    in_channels: int = 3  # image channels
+    z_channels: int = 4  # latent channels
+    norm_groups: int = 32  # GroupNorm groups everywhere (eps 1e-6)
+    scale_factor: float = 0.18215  # latents are multiplied by this before the UNet sees them
 
     @property
     def factor(self):
@@ -111,7 +112,8 @@ class Encoder(nn.Module):
         last = len(chs) - 1
         self.down = nn.ModuleList(
             Level([cin] + [cout] * cfg.num_res_blocks, groups, PaddedDownsample if i != last else None)
-            for i, (cin, cout) in enumerate(zip(ins, chs)))
+            for i, (cin, cout) in enumerate(zip(ins, chs))
+        )
         self.mid = Mid(chs[-1], groups)
         self.norm_out = group_norm(chs[-1], groups)
         self.conv_out = nn.Conv2d(chs[-1], 2 * cfg.z_channels, 3, padding=1)
@@ -132,7 +134,8 @@ class Decoder(nn.Module):
         ins = chs[1:] + [chs[-1]]  # up.i takes what up.i+1 gave (the deepest takes mid's output)
         self.up = nn.ModuleList(
             Level([cin] + [cout] * (cfg.num_res_blocks + 1), groups, Upsample if i != 0 else None)
-            for i, (cin, cout) in enumerate(zip(ins, chs)))
+            for i, (cin, cout) in enumerate(zip(ins, chs))
+        )
         self.norm_out = group_norm(chs[0], groups)
         self.conv_out = nn.Conv2d(chs[0], cfg.in_channels, 3, padding=1)
 

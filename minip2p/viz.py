@@ -80,11 +80,18 @@ def with_scale(picture: Image.Image, label: str, tile: int) -> Image.Image:
 
 
 def cross_attention_grid(
-    store, prompt: str, res: int, tokenizer, index: int = 0, image=None, places=("down", "mid", "up"), tile=128
+    store,
+    prompt: str,
+    res: int,
+    tokenizer,
+    index: int = 0,
+    image=None,
+    places=("down", "mid", "up"),
+    tile=128,
 ) -> Image.Image:
-    """One tile per token of `prompt` (start and end tokens included), captioned with its word: where each token
-    looks, the mean cross-attention map at resolution `res` of prompt number `index` in the batch the store
-    watched, each tile scaled to its own maximum (the colour bar below)."""
+    """One tile per token of `prompt` (start and end tokens included), captioned with its word: where each
+    token looks, the mean cross-attention map at resolution `res` of prompt number `index` in the batch the
+    store watched, each tile scaled to its own maximum (the colour bar below)."""
     maps = store.aggregate(res, places, True)[index]  # (res, res', 77)
     ids = token_ids(tokenizer, prompt)
     words = ["<start>"] + [tokenizer.decode([t]).strip() for t in ids[1:-1]] + ["<end>"]
@@ -93,9 +100,11 @@ def cross_attention_grid(
     return with_scale(grid, f"attention, as a share of each tile's maximum ({res}x{res} maps)", tile)
 
 
-def self_attention_components(store, res: int, n: int = 10, index: int = 0, places=("down", "mid", "up"), tile=128):
-    """The top n principal components (SVD) of the mean self-attention map at resolution `res`: the image regions
-    that attend alike."""
+def self_attention_components(
+    store, res: int, n: int = 10, index: int = 0, places=("down", "mid", "up"), tile=128
+):
+    """The top n principal components (SVD) of the mean self-attention map at resolution `res`: the image
+    regions that attend alike."""
     maps = store.aggregate(res, places, False)[index]  # (h, w, h*w)
     h, w = maps.shape[:2]
     m = maps.reshape(h * w, h * w).float()

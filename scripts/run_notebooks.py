@@ -1,4 +1,5 @@
-"""Execute the notebooks top to bottom on the bundled model, in a fresh kernel each, and save them with their outputs.
+"""Execute the notebooks top to bottom on the bundled model, in a fresh kernel each, and save them with their
+outputs.
 
     python scripts/run_notebooks.py [--check] [notebooks/01_prompt_to_prompt.ipynb ...]
 
@@ -17,9 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def execute(path: Path, timeout: int = 600):
-    """Run every cell of the notebook at `path` in a fresh kernel (cwd: the repo root) -> the executed notebook."""
+    """Run every cell of the notebook at `path` in a fresh kernel (cwd: the repo root) -> the executed
+    notebook."""
     nb = nbformat.read(str(path), as_version=4)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
     return nb
 
 

@@ -8,6 +8,7 @@
 Seeded and resumable: every phase checkpoints to --run (default runs/shapes, git-ignored) every few minutes
 and continues from there when started again; --minutes is a wall-clock budget for this invocation.
 """
+
 import argparse
 import json
 import time
@@ -29,11 +30,19 @@ from minip2p.text import build_text_encoder, load_tokenizer, tokenize
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ModelConfig(
     "custom",
-    UNetConfig(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(1, 2, 4),
-               num_heads=4, context_dim=128, norm_groups=16),
+    UNetConfig(
+        model_channels=64,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_resolutions=(1, 2, 4),
+        num_heads=4,
+        context_dim=128,
+        norm_groups=16,
+    ),
     VAEConfig(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, norm_groups=8, scale_factor=1.0),
     TextConfig(hidden_size=128, intermediate_size=512, num_layers=3, num_heads=4),
-    image_size=64)
+    image_size=64,
+)
 
 
 def log(run, msg):
@@ -72,7 +81,9 @@ def train_vae(args, run):
         vae.load_state_dict(state["model"])
     if args.decoder_only:  # the encoder (so the UNet's latents) stays fixed; the decoder keeps improving
         vae.encoder.requires_grad_(False), vae.quant_conv.requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=args.lr or 1e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(
+        [p for p in vae.parameters() if p.requires_grad], lr=args.lr or 1e-3, weight_decay=0.0
+    )
     step = 0
     if state:
         step = state["step"]
@@ -115,14 +126,20 @@ def encode_latents(args, run):
     lat = []
     with torch.no_grad():
         for i in range(0, len(imgs), 256):
-            x = to_tensor(imgs[i:i + 256])
+            x = to_tensor(imgs[i : i + 256])
             lat.append(torch.cat([vae.encode(x)[0], vae.encode(x.flip(-1))[0]]))  # mirrored scenes too
     lat = torch.cat(lat)
     idx = torch.cat([torch.arange(i, min(i + 256, len(imgs))).repeat(2) for i in range(0, len(imgs), 256)])
     scale = 1.0 / lat.std().item()
-    save_file({"latents": lat.contiguous(), "scene": idx}, str(run / "latents.safetensors"),
-              metadata={"specs": json.dumps(specs), "scale": str(scale)})
-    log(run, f"encoded {len(lat)} latents of {len(imgs)} scenes; latent std {1 / scale:.4f} -> scale {scale:.4f}")
+    save_file(
+        {"latents": lat.contiguous(), "scene": idx},
+        str(run / "latents.safetensors"),
+        metadata={"specs": json.dumps(specs), "scale": str(scale)},
+    )
+    log(
+        run,
+        f"encoded {len(lat)} latents of {len(imgs)} scenes; latent std {1 / scale:.4f} -> scale {scale:.4f}",
+    )
 
 
 def prompt_for(spec_json, rng, p_omit, p_empty):
@@ -148,7 +165,10 @@ def train_unet(args, run):
     specs, scale = json.loads(meta["specs"]), float(meta["scale"])
     lat, scene = data["latents"] * scale, data["scene"]
     unet, text = UNet(CONFIG.unet), build_text_encoder(CONFIG.text)
-    ema_unet, ema_text = UNet(CONFIG.unet).requires_grad_(False), build_text_encoder(CONFIG.text).requires_grad_(False)
+    ema_unet, ema_text = (
+        UNet(CONFIG.unet).requires_grad_(False),
+        build_text_encoder(CONFIG.text).requires_grad_(False),
+    )
     tok = load_tokenizer(CONFIG.text)
     empty = tokenize(tok, [""])
     params = list(unet.parameters()) + list(text.parameters())
@@ -177,7 +197,9 @@ def train_unet(args, run):
         a = ac[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         context = text(ids).last_hidden_state
-        if args.pad_drop:  # the end token and the padding after it carry the whole prompt (causal text model):
+        if (
+            args.pad_drop
+        ):  # the end token and the padding after it carry the whole prompt (causal text model):
             # often swap them for the empty prompt's, so that the UNet learns to read each word where it is
             drop = torch.from_numpy(rng.random(len(i)) < args.pad_drop)
             after = torch.arange(ids.shape[1])[None] >= (ids == tok.eos_token_id).int().argmax(1)[:, None]
@@ -203,11 +225,25 @@ def train_unet(args, run):
             log(run, f"unet step {step} loss {np.mean(losses):.4f}")
             losses = []
         if time.time() > t_save:
-            save_state(run / "unet.pt", unet, opt, step, {"text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
-                                                          "ema_text": ema_text.state_dict()})
+            save_state(
+                run / "unet.pt",
+                unet,
+                opt,
+                step,
+                {
+                    "text": text.state_dict(),
+                    "ema_unet": ema_unet.state_dict(),
+                    "ema_text": ema_text.state_dict(),
+                },
+            )
             t_save = time.time() + 300
-    save_state(run / "unet.pt", unet, opt, step, {"text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
-                                                  "ema_text": ema_text.state_dict()})
+    save_state(
+        run / "unet.pt",
+        unet,
+        opt,
+        step,
+        {"text": text.state_dict(), "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict()},
+    )
     log(run, f"unet stopped at step {step}")
 
 
@@ -222,24 +258,48 @@ def export(args, run):
     unet.load_state_dict(state["ema_unet"]), text.load_state_dict(state["ema_text"])
     out = Path(args.to)
     save_checkpoint(out, cfg, unet, vae, text, dtype=torch.float16)
-    log(run, f"exported step {state['step']} to {out} ({out.stat().st_size / 1e6:.1f} MB), scale {cfg.vae.scale_factor}")
+    log(
+        run,
+        f"exported step {state['step']} to {out} ({out.stat().st_size / 1e6:.1f} MB), "
+        f"scale {cfg.vae.scale_factor}",
+    )
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("phase", choices=["vae", "latents", "unet", "export"])
-    p.add_argument("--run", default=str(ROOT / "runs" / "shapes"), help="checkpoint folder (resumed if present)")
+    p.add_argument(
+        "--run", default=str(ROOT / "runs" / "shapes"), help="checkpoint folder (resumed if present)"
+    )
     p.add_argument("--minutes", type=float, default=30, help="wall-clock budget of this invocation")
-    p.add_argument("--steps", type=int, default=0, help="vae/unet: stop after this many steps (0: --minutes only)")
+    p.add_argument(
+        "--steps", type=int, default=0, help="vae/unet: stop after this many steps (0: --minutes only)"
+    )
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--ema", type=float, default=0.995)
-    p.add_argument("--pad-drop", type=float, default=0.5,
-                   help="unet: how often the end and padding tokens are replaced by the empty prompt's")
-    p.add_argument("--anneal", type=float, default=0, help="unet: decay lr linearly to 5%% over the last N minutes (wall clock: such runs are "
-                   "not repeatable bit for bit)")
-    p.add_argument("--scenes", type=int, default=40000, help="scenes to encode for the UNet phase (the VAE trains on 10x, at most 20,000)")
-    p.add_argument("--decoder-only", action="store_true", help="vae: train only the decoder (latents stay valid)")
+    p.add_argument(
+        "--pad-drop",
+        type=float,
+        default=0.5,
+        help="unet: how often the end and padding tokens are replaced by the empty prompt's",
+    )
+    p.add_argument(
+        "--anneal",
+        type=float,
+        default=0,
+        help="unet: decay lr linearly to 5%% over the last N minutes (wall clock: such runs are "
+        "not repeatable bit for bit)",
+    )
+    p.add_argument(
+        "--scenes",
+        type=int,
+        default=40000,
+        help="scenes to encode for the UNet phase (the VAE trains on 10x, at most 20,000)",
+    )
+    p.add_argument(
+        "--decoder-only", action="store_true", help="vae: train only the decoder (latents stay valid)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--to", default=str(BUNDLED_MODEL), help="export target (default: the bundled model)")

@@ -40,8 +40,9 @@ def tokenizer():
 
 
 def diffusers_text_encoder(sd, cfg):
-    """The text encoder as diffusers reads it from a single file: SD1 through its CLIP converter; SD2 through its
-    OpenCLIP converter, into a CLIPTextModel one layer short (diffusers' way of taking the penultimate layer)."""
+    """The text encoder as diffusers reads it from a single file: SD1 through its CLIP converter; SD2 through
+    its OpenCLIP converter, into a CLIPTextModel one layer short (diffusers' way of taking the penultimate
+    layer)."""
     if cfg.family == "sd2":
         model = build_text_encoder(TextConfig(**{**cfg.text.__dict__, "num_layers": cfg.text.num_layers - 1}))
         dropped = f"encoder.layers.{cfg.text.num_layers - 1}."
@@ -57,7 +58,7 @@ def diffusers_text_encoder(sd, cfg):
 
 @pytest.fixture(scope="session")
 def diffusers_models(small_ckpt):
-    """{family: (UNet2DConditionModel, AutoencoderKL, CLIPTextModel)}, diffusers' reading of the small files."""
+    """{family: (UNet2DConditionModel, AutoencoderKL, CLIPTextModel)}: diffusers' reading of the files."""
     out = {}
     for family, (path, sd, cfg) in small_ckpt.items():
         unet = UNet2DConditionModel.from_single_file(str(path), original_config=ldm_config(cfg))

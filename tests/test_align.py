@@ -1,10 +1,9 @@
 """Words -> token positions, and the token maps of Replace, Refine and Reweight, checked by hand."""
+
 import pytest
 import torch
 
-from minip2p import TextConfig
 from minip2p.align import equalizer, refinement_mapper, replacement_mapper, word_token_indices
-
 
 
 def test_word_token_indices(tokenizer):
@@ -17,7 +16,9 @@ def test_word_token_indices(tokenizer):
 
 
 def test_missing_word_names_the_prompt_and_its_words(tokenizer):
-    with pytest.raises(ValueError, match=r"'dog' is not a word of 'a photo of a cat'; its words are \['a', 'photo'"):
+    with pytest.raises(
+        ValueError, match=r"'dog' is not a word of 'a photo of a cat'; its words are \['a', 'photo'"
+    ):
         word_token_indices("a photo of a cat", "dog", tokenizer)
     with pytest.raises(ValueError, match="word index 9 is outside"):
         word_token_indices("a photo of a cat", 9, tokenizer)
@@ -67,7 +68,7 @@ def test_refinement_appended_words_match_the_earliest_tokens(tokenizer):
     mapper, alphas = refinement_mapper("a red circle", "a red circle and a blue square", tokenizer)
     assert mapper[:4].tolist() == [0, 1, 2, 3] and alphas[:4].eq(1).all()
     assert alphas[4:8].tolist() == [0, 0, 0, 0]  # and a blue square: new
-    assert mapper[8] == 4 and alphas[8] == 1     # end token to end token
+    assert mapper[8] == 4 and alphas[8] == 1  # end token to end token
 
 
 def test_equalizer(tokenizer):

@@ -1,4 +1,5 @@
 """The one attention function: explicit softmax path == fused path; the controller hook sees every place."""
+
 import torch
 
 from minip2p import Controller, UNet, UNetConfig, attention
@@ -15,11 +16,21 @@ class Recorder(Controller):
 
 def test_explicit_path_equals_fused_path():
     g = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(2, 64, 40, generator=g), torch.randn(2, 77, 40, generator=g), torch.randn(2, 77, 40, generator=g)
+    q, k, v = (
+        torch.randn(2, 64, 40, generator=g),
+        torch.randn(2, 77, 40, generator=g),
+        torch.randn(2, 77, 40, generator=g),
+    )
     fused = attention(q, k, v, heads=5)
     explicit = attention(q, k, v, heads=5, controller=Controller())
-    manual = torch.stack([torch.softmax(q[:, :, h*8:(h+1)*8] @ k[:, :, h*8:(h+1)*8].mT / 8 ** 0.5, -1) @ v[:, :, h*8:(h+1)*8]
-                          for h in range(5)], 2).reshape(2, 64, 40)
+    manual = torch.stack(
+        [
+            torch.softmax(q[:, :, h * 8 : (h + 1) * 8] @ k[:, :, h * 8 : (h + 1) * 8].mT / 8**0.5, -1)
+            @ v[:, :, h * 8 : (h + 1) * 8]
+            for h in range(5)
+        ],
+        2,
+    ).reshape(2, 64, 40)
     assert (fused - explicit).abs().max() < 1e-5 and (manual - explicit).abs().max() < 1e-5
 
 
@@ -29,6 +40,7 @@ def test_a_controller_can_replace_the_map():
     class Uniform(Controller):
         def __call__(self, attn, place):
             return torch.full_like(attn, 1 / attn.shape[-1])
+
     out = attention(q, k, v, heads=2, controller=Uniform())
     assert torch.allclose(out, v.mean(1, keepdim=True).expand(1, 4, 8), atol=1e-6)
 
@@ -58,6 +70,7 @@ def test_a_controller_only_pays_for_the_places_it_wants():
     class CrossOnly(Recorder):
         def wants(self, place):
             return place.is_cross
+
     unet, rec = UNet(UNetConfig(model_channels=32, num_heads=4, context_dim=16)).eval(), CrossOnly()
     with torch.no_grad():
         unet(torch.randn(1, 4, 16, 16), 1, torch.randn(1, 77, 16), rec)

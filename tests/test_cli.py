@@ -44,16 +44,47 @@ def test_help_shows_every_default():
 
 def test_generate(small_ckpt, tmp_path, capsys):
     out = tmp_path / "out.png"
-    code, stdout, _ = cli("generate", "--weights", small_ckpt["sd1"][0], "--prompt", "a red circle", "--seed", 1,
-                          "--steps", 2, "--out", out, "--quiet", capsys=capsys)
+    code, stdout, _ = cli(
+        "generate",
+        "--weights",
+        small_ckpt["sd1"][0],
+        "--prompt",
+        "a red circle",
+        "--seed",
+        1,
+        "--steps",
+        2,
+        "--out",
+        out,
+        "--quiet",
+        capsys=capsys,
+    )
     assert code == 0 and f"wrote {out}" in stdout and Image.open(out).size == (64, 64)
 
 
 def test_edit_and_its_caption_name_what_was_done(small_ckpt, tmp_path, capsys):
     w = small_ckpt["sd1"][0]
-    code, _, err = cli("edit", "--weights", w, "--prompt", "a red circle on a white background", "--to",
-                       "a red square on a white background", "--blend", "circle", "square", "--reweight", "red=2",
-                       "--steps", 2, "--seed", 1, "--out", tmp_path / "edit.png", capsys=capsys)
+    code, _, err = cli(
+        "edit",
+        "--weights",
+        w,
+        "--prompt",
+        "a red circle on a white background",
+        "--to",
+        "a red square on a white background",
+        "--blend",
+        "circle",
+        "square",
+        "--reweight",
+        "red=2",
+        "--steps",
+        2,
+        "--seed",
+        1,
+        "--out",
+        tmp_path / "edit.png",
+        capsys=capsys,
+    )
     assert code == 0, err
     grid = Image.open(tmp_path / "edit.png")
     assert grid.size[0] == 1024 and grid.size[1] > 512  # two 512-px tiles under their captions
@@ -68,8 +99,21 @@ def test_attention_uses_its_guidance_and_the_finest_maps(small_ckpt, tmp_path, c
     pictures = []
     for guidance in (1, 15):
         out = tmp_path / f"maps{guidance}.png"
-        code, stdout, err = cli("attention", "--weights", w, "--prompt", "a red circle", "--steps", 2, "--guidance",
-                                guidance, "--out", out, "--quiet", capsys=capsys)
+        code, stdout, err = cli(
+            "attention",
+            "--weights",
+            w,
+            "--prompt",
+            "a red circle",
+            "--steps",
+            2,
+            "--guidance",
+            guidance,
+            "--out",
+            out,
+            "--quiet",
+            capsys=capsys,
+        )
         assert code == 0, err
         assert "cross-attention at 8x8" in stdout  # the 8x8 latent's own size: the finest maps
         pictures.append(np.asarray(Image.open(out)))
@@ -78,9 +122,25 @@ def test_attention_uses_its_guidance_and_the_finest_maps(small_ckpt, tmp_path, c
 
 def test_edit_a_real_image(small_ckpt, tmp_path, capsys):
     Image.new("RGB", (80, 64), "white").save(tmp_path / "photo.png")
-    code, _, err = cli("edit", "--weights", small_ckpt["sd1"][0], "--image", tmp_path / "photo.png", "--prompt",
-                       "a red circle", "--to", "a blue circle", "--invert", "negative-prompt", "--steps", 3,
-                       "--out", tmp_path / "e.png", "--quiet", capsys=capsys)
+    code, _, err = cli(
+        "edit",
+        "--weights",
+        small_ckpt["sd1"][0],
+        "--image",
+        tmp_path / "photo.png",
+        "--prompt",
+        "a red circle",
+        "--to",
+        "a blue circle",
+        "--invert",
+        "negative-prompt",
+        "--steps",
+        3,
+        "--out",
+        tmp_path / "e.png",
+        "--quiet",
+        capsys=capsys,
+    )
     assert code == 0, err
     assert Image.open(tmp_path / "e.png").size[0] == 3 * 512
 
@@ -113,8 +173,22 @@ def test_edit_mistakes_are_one_line(small_ckpt, tmp_path, monkeypatch, capfd, ar
 
 
 def test_an_unavailable_device_on_the_command_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "minip2p", "generate", "--prompt", "x", "--device", "cuda:7", "--out",
-                        str(tmp_path / "x.png")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "minip2p",
+            "generate",
+            "--prompt",
+            "x",
+            "--device",
+            "cuda:7",
+            "--out",
+            str(tmp_path / "x.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0 and r.stderr.startswith("error: device 'cuda:7' is not available"), r.stderr
     assert r.stderr.count("\n") == 1
 

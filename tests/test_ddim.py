@@ -1,4 +1,5 @@
 """DDIM equals diffusers' DDIMScheduler: timesteps, alphas, and trajectories (eps and v, eta 0 and > 0)."""
+
 import pytest
 import torch
 
@@ -7,9 +8,16 @@ from minip2p import DDIM
 
 def reference(steps_offset=1, prediction="epsilon"):
     from diffusers import DDIMScheduler
-    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                         set_alpha_to_one=False, steps_offset=steps_offset,
-                         prediction_type={"epsilon": "epsilon", "v": "v_prediction"}[prediction])
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=steps_offset,
+        prediction_type={"epsilon": "epsilon", "v": "v_prediction"}[prediction],
+    )
 
 
 @pytest.mark.parametrize("steps_offset", [0, 1])
@@ -55,8 +63,8 @@ def test_inverse_step_matches_the_official_null_text_next_step():
     ddim = DDIM(50, 0)
     x, eps, t = torch.randn(1, 4, 4, 4), torch.randn(1, 4, 4, 4), 1
     a_prev, a_next = ddim.final_alpha, ddim.alphas_cumprod[1]
-    x0 = (x - (1 - a_prev) ** 0.5 * eps) / a_prev ** 0.5
-    expected = a_next ** 0.5 * x0 + (1 - a_next) ** 0.5 * eps
+    x0 = (x - (1 - a_prev) ** 0.5 * eps) / a_prev**0.5
+    expected = a_next**0.5 * x0 + (1 - a_next) ** 0.5 * eps
     assert torch.allclose(ddim.inverse_step(eps, t, x), expected)
 
 

@@ -1,5 +1,6 @@
 """A diffusers-format folder (as diffusers' save_pretrained writes it) loads into the same model as the
 single-file checkpoint it was converted from."""
+
 import pytest
 import torch
 from diffusers import DDIMScheduler

@@ -1,4 +1,5 @@
 """Real-image editing: image loading, DDIM / null-text / negative-prompt inversion, on random weights."""
+
 import numpy as np
 import pytest
 import torch
@@ -18,11 +19,11 @@ def test_load_image_modes_orientation_and_crop(tmp_path):
     deep = Image.fromarray(np.full((10, 10), 65535, np.uint16))
     assert load_image(deep, 8).getpixel((0, 0)) == (255, 255, 255)
     img = Image.new("RGB", (30, 20), "black")
-    img.paste((0, 255, 0), (0, 0, 10, 20))            # left third green
+    img.paste((0, 255, 0), (0, 0, 10, 20))  # left third green
     assert load_image(img, 10, crop=(10, 0, 0, 0)).getpixel((5, 5)) == (0, 0, 0)  # the green third is cut
     tall = Image.new("RGB", (10, 40), "black")
     tall.paste((0, 0, 255), (0, 30, 10, 40))
-    out = load_image(tall, 10, crop=(0, 0, 30, 0))     # top may exceed left: the official loader's bug
+    out = load_image(tall, 10, crop=(0, 0, 30, 0))  # top may exceed left: the official loader's bug
     assert out.getpixel((5, 5)) == (0, 0, 255)
     shot = Image.new("RGB", (20, 10), (255, 0, 0))
     shot.paste((0, 0, 255), (10, 0, 20, 10))  # left red, right blue, as stored
@@ -53,7 +54,9 @@ def image(pipe):
 def test_ddim_inversion_of_a_generated_trajectory_returns_near_its_noise(pipe):
     """Guidance 1 sampling from x_T, then DDIM inversion of the result, lands near x_T."""
     noise = pipe.initial_latent(4, 64, 64)
-    x0 = pipe.sample(["a red circle"], latents=noise, steps=20, guidance_scale=1.0, steps_offset=0, progress=False)
+    x0 = pipe.sample(
+        ["a red circle"], latents=noise, steps=20, guidance_scale=1.0, steps_offset=0, progress=False
+    )
     inv = pipe.invert(pipe.decode(x0), "a red circle", method="ddim", steps=20, progress=False)
     # through the VAE the start point moves a little; compare the inversion of x0 itself too
     ddim, x = DDIM(20, 0), x0
@@ -91,7 +94,9 @@ def test_inversion_save_load_and_edit(pipe, image, tmp_path):
     a, b = pipe.generate(prompts, inversion=back, controller=Replace(prompts, pipe.tokenizer), progress=False)
     reconstruction = pipe.generate(prompts[:1], inversion=inv, progress=False)[0]
     a, b, reconstruction = (np.asarray(im, dtype=int) for im in (a, b, reconstruction))
-    assert np.abs(a - reconstruction).max() <= 1  # the source branch is the reconstruction (the saved inversion)
+    assert (
+        np.abs(a - reconstruction).max() <= 1
+    )  # the source branch is the reconstruction (the saved inversion)
     assert np.abs(b - a).max() > 10  # and the edited branch is not
     with pytest.raises(ValueError, match="steps=9 differs from the inversion's 4"):
         pipe.generate(prompts, inversion=back, steps=9)
@@ -106,19 +111,23 @@ def test_invert_bad_input(pipe, image, tmp_path):
         pipe.invert(image, "a cat", method="magic")
     (tmp_path / "x.safetensors").write_bytes(b"")
     from safetensors.torch import save_file
+
     save_file({"a": torch.zeros(1)}, str(tmp_path / "x.safetensors"))
     with pytest.raises(ValueError, match="not an inversion saved by minip2p"):
         Inversion.load(tmp_path / "x.safetensors")
 
 
 def test_null_text_in_fp16_optimises_an_fp32_copy(small_ckpt, image):
-    """Adam on an fp16 embedding divides by an underflowed second moment (NaN): the null embedding and its Adam
-    state stay fp32, cast to fp16 for each UNet call; the result reconstructs better than fp16 DDIM inversion."""
+    """Adam on an fp16 embedding divides by an underflowed second moment (NaN): the null embedding and its
+    Adam state stay fp32, cast to fp16 for each UNet call; the result reconstructs better than fp16 DDIM
+    inversion."""
     pipe16 = minip2p.load(small_ckpt["sd1"][0], dtype=torch.float16)
     target = pipe16.encode(image).float()
     errs = {}
     for method in ("ddim", "null-text"):
         inv = pipe16.invert(image, "a red circle", method=method, steps=10, inner_steps=5, progress=False)
         assert inv.null_embeddings.dtype == torch.float16 and torch.isfinite(inv.null_embeddings).all()
-        errs[method] = (pipe16.sample(["a red circle"], inversion=inv, progress=False).float() - target).pow(2).mean()
+        errs[method] = (
+            (pipe16.sample(["a red circle"], inversion=inv, progress=False).float() - target).pow(2).mean()
+        )
     assert errs["null-text"] < errs["ddim"], errs

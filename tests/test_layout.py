@@ -1,10 +1,11 @@
 """Our modules' state dicts have exactly the keys and shapes of real SD checkpoints (reference lists)."""
+
 from pathlib import Path
 
 import pytest
 import torch
 
-from minip2p import ModelConfig, UNet, VAE
+from minip2p import VAE, ModelConfig, UNet
 from minip2p.checkpoint import CLIP_PREFIX, OPENCLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, openclip_to_clip
 from minip2p.text import build_text_encoder
 
@@ -29,8 +30,9 @@ def test_unet_and_vae_keys_and_shapes_equal_the_real_checkpoint(family):
     ref = {k: v for k, v in reference(family).items() if k.startswith((UNET_PREFIX, VAE_PREFIX))}
     assert sorted(ours) == sorted(ref)
     assert {k: s for k, s in ours.items() if ref[k] != s} == {}
-    assert len(ours) == 934 and sum(torch.Size(s).numel() for k, s in ours.items() if k.startswith(UNET_PREFIX)) == \
-        (859_520_964 if family == "sd1" else 865_910_724)
+    assert len(ours) == 934 and sum(
+        torch.Size(s).numel() for k, s in ours.items() if k.startswith(UNET_PREFIX)
+    ) == (859_520_964 if family == "sd1" else 865_910_724)
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
@@ -40,7 +42,10 @@ def test_text_encoder_keys_and_shapes_equal_the_real_checkpoint(family):
         text = build_text_encoder(cfg.text)
     ours = {k: tuple(v.shape) for k, v in text.state_dict().items()}
     prefix = CLIP_PREFIX if family == "sd1" else OPENCLIP_PREFIX
-    ref = {k[len(prefix):]: v for k, v in reference(family).items() if k.startswith(prefix)}
+    ref = {k[len(prefix) :]: v for k, v in reference(family).items() if k.startswith(prefix)}
     if family == "sd2":  # map the reference's OpenCLIP names through our key table (shapes via meta tensors)
-        ref = {k: tuple(v.shape) for k, v in openclip_to_clip({k: torch.empty(s, device="meta") for k, s in ref.items()}).items()}
+        ref = {
+            k: tuple(v.shape)
+            for k, v in openclip_to_clip({k: torch.empty(s, device="meta") for k, s in ref.items()}).items()
+        }
     assert ours == ref

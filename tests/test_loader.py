@@ -1,4 +1,6 @@
-"""minip2p.load: what it reads, what it ignores, and the errors it gives for bad files (before building anything)."""
+"""minip2p.load: what it reads, what it ignores, and the errors it gives for bad files (before building
+anything)."""
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -35,7 +37,9 @@ def test_truncated_file(tmp_path, small_ckpt):
 def test_pickle_is_refused_with_a_way_to_convert(tmp_path):
     path = tmp_path / "model.ckpt"
     torch.save({"state_dict": {}}, path)
-    with pytest.raises(CheckpointError, match=r"(?s)model\.ckpt is a pickle.*weights_only=True.*model\.safetensors"):
+    with pytest.raises(
+        CheckpointError, match=r"(?s)model\.ckpt is a pickle.*weights_only=True.*model\.safetensors"
+    ):
         minip2p.load(path)
 
 
@@ -43,7 +47,9 @@ def test_missing_unet_key(tmp_path, small_ckpt):
     _, sd, cfg = small_ckpt["sd1"]
     key = UNET_PREFIX + "middle_block.1.proj_out.weight"
     path = resave(sd, cfg, tmp_path / "m.safetensors", lambda d: d.pop(key))
-    with pytest.raises(CheckpointError, match=r"(?s)m\.safetensors: the UNet weights.*1 missing keys, e\.g\. " + key):
+    with pytest.raises(
+        CheckpointError, match=r"(?s)m\.safetensors: the UNet weights.*1 missing keys, e\.g\. " + key
+    ):
         minip2p.load(path)
 
 
@@ -59,13 +65,18 @@ def test_wrong_shape(tmp_path, small_ckpt):
     _, sd, cfg = small_ckpt["sd1"]
     key = UNET_PREFIX + "out.2.weight"
     path = resave(sd, cfg, tmp_path / "s.safetensors", lambda d: d.__setitem__(key, torch.zeros(3, 32, 3, 3)))
-    with pytest.raises(CheckpointError, match=r"(?s)shape mismatches, e\.g\. " + key + r": file \[3, 32, 3, 3\], "
-                                              r"expected \[4, 32, 3, 3\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"(?s)shape mismatches, e\.g\. " + key + r": file \[3, 32, 3, 3\], "
+        r"expected \[4, 32, 3, 3\]",
+    ):
         minip2p.load(path)
 
 
 def test_no_unet_at_all(tmp_path):
-    save_file({"first_stage_model.quant_conv.weight": torch.zeros(8, 8, 1, 1)}, str(tmp_path / "v.safetensors"))
+    save_file(
+        {"first_stage_model.quant_conv.weight": torch.zeros(8, 8, 1, 1)}, str(tmp_path / "v.safetensors")
+    )
     with pytest.raises(CheckpointError, match=r"v\.safetensors: no Stable Diffusion UNet found"):
         minip2p.load(tmp_path / "v.safetensors")
 
@@ -79,14 +90,19 @@ def test_position_ids_may_or_may_not_be_there(tmp_path, small_ckpt, with_positio
         d[key] = torch.arange(77)[None]
         if not with_position_ids:
             del d[key]
+
     pipe = minip2p.load(resave(sd, cfg, tmp_path / "p.safetensors", change))
     assert torch.equal(pipe.text_encoder.embeddings.position_ids, torch.arange(77)[None])
 
 
 def test_schedule_buffers_and_ema_are_ignored(tmp_path, small_ckpt):
     _, sd, cfg = small_ckpt["sd1"]
-    extra = {"betas": torch.zeros(1000), "alphas_cumprod": torch.zeros(1000), "model_ema.decay": torch.tensor(1.0),
-             "model_ema.diffusion_modelout2weight": torch.zeros(4, 32, 3, 3)}
+    extra = {
+        "betas": torch.zeros(1000),
+        "alphas_cumprod": torch.zeros(1000),
+        "model_ema.decay": torch.tensor(1.0),
+        "model_ema.diffusion_modelout2weight": torch.zeros(4, 32, 3, 3),
+    }
     pipe = minip2p.load(resave(sd, cfg, tmp_path / "b.safetensors", lambda d: d.update(extra)))
     assert torch.equal(pipe.unet.out[2].weight, sd[UNET_PREFIX + "out.2.weight"])
 

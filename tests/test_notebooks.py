@@ -1,5 +1,5 @@
-"""Every notebook runs top to bottom on the bundled shapes model, in a fresh kernel, without an error, and shows
-its pictures (through scripts/run_notebooks.py --check, as a maintainer runs it)."""
+"""Every notebook runs top to bottom on the bundled shapes model, in a fresh kernel, without an error, and
+shows its pictures (through scripts/run_notebooks.py --check, as a maintainer runs it)."""
 
 import re
 import subprocess

@@ -1,8 +1,9 @@
 """The numerical traps of SD, pinned one by one (each would pass unnoticed by a shape check)."""
+
 import torch
 import torch.nn.functional as F
 
-from minip2p import UNet, UNetConfig, VAE, VAEConfig
+from minip2p import VAE, UNet, UNetConfig, VAEConfig
 from minip2p.layers import GroupNorm, timestep_embedding
 from minip2p.unet import ResBlock, SpatialTransformer
 from minip2p.vae import PaddedDownsample
@@ -16,8 +17,8 @@ def test_vae_downsample_pads_right_and_bottom_only():
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
     y = down(x)
     assert y.shape == (1, 1, 2, 2)
-    assert y[0, 0, 0, 0] == x[0, 0, :3, :3].sum()      # top-left window: no padding above or left
-    assert y[0, 0, 1, 1] == x[0, 0, 2:, 2:].sum()      # bottom-right window: the zero pad is right/bottom
+    assert y[0, 0, 0, 0] == x[0, 0, :3, :3].sum()  # top-left window: no padding above or left
+    assert y[0, 0, 1, 1] == x[0, 0, 2:, 2:].sum()  # bottom-right window: the zero pad is right/bottom
     assert not torch.equal(y, F.conv2d(x, down.conv.weight, stride=2, padding=1)[..., :2, :2])
 
 
@@ -26,8 +27,11 @@ def test_group_norm_eps():
     unet = UNet(UNetConfig(model_channels=32, channel_mult=(1, 2), num_heads=4, context_dim=8))
     vae_eps = {m.eps for m in vae.modules() if isinstance(m, GroupNorm)}
     st_eps = {m.norm.eps for m in unet.modules() if isinstance(m, SpatialTransformer)}
-    res_eps = {m.in_layers[0].eps for m in unet.modules() if isinstance(m, ResBlock)} | \
-              {m.out_layers[0].eps for m in unet.modules() if isinstance(m, ResBlock)} | {unet.out[0].eps}
+    res_eps = (
+        {m.in_layers[0].eps for m in unet.modules() if isinstance(m, ResBlock)}
+        | {m.out_layers[0].eps for m in unet.modules() if isinstance(m, ResBlock)}
+        | {unet.out[0].eps}
+    )
     assert vae_eps == {1e-6} and st_eps == {1e-6} and res_eps == {1e-5}
 
 

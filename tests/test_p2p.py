@@ -106,7 +106,9 @@ def test_default_edit_kind():
     assert default_edit_kind("a red circle", "a blue circle") == "replace"
     assert default_edit_kind("a circle", "a red circle") == "refine"
     assert default_edit_kind("a red circle", "a red circle", {"red": 2}) == "reweight"
-    assert default_edit_kind("a red circle", "a blue circle", {"blue": 2}) == "replace"  # chained: Replace, then
+    assert (
+        default_edit_kind("a red circle", "a blue circle", {"blue": 2}) == "replace"
+    )  # chained: Replace, then
 
 
 def run(pipe, prompts, controller=None, **options):
@@ -152,7 +154,9 @@ def test_reweight_chains_on_replace(pipe):
 
 def test_local_blend_with_an_all_ones_mask_is_no_blend(pipe):
     def blended(mask):
-        return run(pipe, P, Replace(P, pipe.tokenizer, local_blend=LocalBlend(["circle", "square"], mask=mask)))
+        return run(
+            pipe, P, Replace(P, pipe.tokenizer, local_blend=LocalBlend(["circle", "square"], mask=mask))
+        )
 
     assert torch.equal(blended(torch.ones(8, 8)), run(pipe, P, Replace(P, pipe.tokenizer)))
     c = blended(torch.zeros(8, 8))
@@ -166,7 +170,9 @@ def test_attention_store_does_not_change_the_image_and_aggregates(pipe):
     assert maps.shape == (2, 4, 4, 77) and torch.allclose(maps.sum(-1), torch.ones(2, 4, 4), atol=1e-4)
     assert store.steps_done == 8 and not any(t._base is not None for t in store.sums.values())
     assert store.resolutions() == [1, 2, 4, 8]
-    with pytest.raises(ValueError, match=r"no stored cross-attention maps at resolution 5.*resolutions: \[1, 2, 4, 8\]"):
+    with pytest.raises(
+        ValueError, match=r"no stored cross-attention maps at resolution 5.*resolutions: \[1, 2, 4, 8\]"
+    ):
         store.aggregate(5)
 
 
@@ -175,9 +181,13 @@ def test_refine_keeps_the_source_and_changes_the_target(pipe):
     plain = run(pipe, prompts)
     x = run(pipe, prompts, Refine(prompts, pipe.tokenizer))
     assert (x[0] - plain[0]).abs().max() < 1e-3  # the source is untouched
-    assert (x[1] - plain[1]).abs().max() > 0.1  # the target is not plain generation: it took the source's maps
+    assert (
+        x[1] - plain[1]
+    ).abs().max() > 0.1  # the target is not plain generation: it took the source's maps
     assert (x[1] - x[0]).abs().max() > 0.1  # and is not the source: the new words keep their own attention
-    none = run(pipe, prompts, Refine(prompts, pipe.tokenizer, cross_replace_steps=0.0, self_replace_steps=0.0))
+    none = run(
+        pipe, prompts, Refine(prompts, pipe.tokenizer, cross_replace_steps=0.0, self_replace_steps=0.0)
+    )
     assert (none - plain).abs().max() < 1e-3
 
 

@@ -1,6 +1,6 @@
 """Parity with an independent implementation: diffusers' models, read by diffusers' own single-file loader and
-converters from the same random checkpoint that minip2p.load reads. Each test prints the difference it measured
-(`python -m pytest tests/test_parity.py -s`: the figures in docs/RESULTS.md)."""
+converters from the same random checkpoint that minip2p.load reads. Each test prints the difference it
+measured (`python -m pytest tests/test_parity.py -s`: the figures in docs/RESULTS.md)."""
 
 import inspect
 
@@ -64,7 +64,9 @@ def test_text_encoder_equals_diffusers(small_ckpt, diffusers_models, family):
     with torch.no_grad():
         ours, theirs = encode_text(pipe.text_encoder, ids, cfg.text.penultimate), ref(ids).last_hidden_state
     assert report(f"{family} text encoder", (ours - theirs).abs().max()) < TOL
-    assert ids[0, -1] == (0 if family == "sd2" else 49407)  # OpenCLIP pads with "!" (id 0), CLIP with end-of-text
+    assert ids[0, -1] == (
+        0 if family == "sd2" else 49407
+    )  # OpenCLIP pads with "!" (id 0), CLIP with end-of-text
 
 
 def test_scale_factor_is_config_and_equals_diffusers_default(pipe):
@@ -82,17 +84,39 @@ def test_scale_factor_is_config_and_equals_diffusers_default(pipe):
 
 def test_generate_equals_diffusers_pipeline(small_ckpt, diffusers_models, pipe):
     unet, vae, text_encoder = diffusers_models["sd1"]
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1)
-    ref = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=pipe.tokenizer, unet=unet,
-                                  scheduler=sched, safety_checker=None, feature_extractor=None,
-                                  requires_safety_checker=False)
+    sched = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    ref = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=pipe.tokenizer,
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     ref.set_progress_bar_config(disable=True)
     prompts = ["a red circle on a white background", "a blue square"]
     latent = pipe.initial_latent(3, 128, 128)
-    ours = pipe.generate(prompts, steps=5, height=128, width=128, latents=latent, progress=False, output="tensor")
-    theirs = ref(prompts, height=128, width=128, num_inference_steps=5, guidance_scale=7.5,
-                 latents=latent.expand(2, -1, -1, -1).clone(), output_type="pt").images
+    ours = pipe.generate(
+        prompts, steps=5, height=128, width=128, latents=latent, progress=False, output="tensor"
+    )
+    theirs = ref(
+        prompts,
+        height=128,
+        width=128,
+        num_inference_steps=5,
+        guidance_scale=7.5,
+        latents=latent.expand(2, -1, -1, -1).clone(),
+        output_type="pt",
+    ).images
     ours = (ours / 2 + 0.5).clamp(0, 1)
     assert ours.shape == theirs.shape == (2, 3, 128, 128)
     assert report("generate, 5 steps", (ours - theirs).abs().max()) < 1e-3  # after 5 steps and the VAE
@@ -101,8 +125,8 @@ def test_generate_equals_diffusers_pipeline(small_ckpt, diffusers_models, pipe):
 
 @pytest.mark.slow
 def test_full_size_sd1_equals_diffusers(tmp_path):
-    """The real SD1 shapes, end to end through a file written like v1-5-pruned-emaonly.safetensors (no config in
-    it, schedule buffers, an EMA entry and position_ids that the loader must ignore)."""
+    """The real SD1 shapes, end to end through a file written like v1-5-pruned-emaonly.safetensors (no config
+    in it, schedule buffers, an EMA entry and position_ids that the loader must ignore)."""
     cfg = minip2p.ModelConfig.sd1()
     extra = {
         "betas": torch.linspace(0.00085, 0.012, 1000),

@@ -56,7 +56,10 @@ def test_eta_adds_seeded_noise(pipe):
 
 
 def test_any_multiple_of_the_model_factor(pipe):
-    assert pipe.generate(["a cat"], seed=0, steps=1, height=128, width=64, progress=False)[0].size == (64, 128)
+    assert pipe.generate(["a cat"], seed=0, steps=1, height=128, width=64, progress=False)[0].size == (
+        64,
+        128,
+    )
     with pytest.raises(ValueError, match="height=72: image sizes must be positive multiples of 64"):
         pipe.generate(["a cat"], steps=1, height=72)
 
@@ -81,12 +84,16 @@ def test_to_moves_and_casts_every_model(small_ckpt):
     pipe = minip2p.load(small_ckpt["sd1"][0])
     fp32 = pipe.generate(["a cat"], seed=1, steps=2, progress=False, output="tensor")
     assert pipe.to(dtype=torch.bfloat16) is pipe
-    assert {p.dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters()} == {torch.bfloat16}
+    assert {p.dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters()} == {
+        torch.bfloat16
+    }
     bf16 = pipe.generate(["a cat"], seed=1, steps=2, progress=False, output="tensor")
     assert bf16.dtype == torch.bfloat16 and torch.isfinite(bf16).all()
     assert (bf16.float() - fp32).abs().mean() < 0.05  # the same image, to bf16's precision
     pipe.to(device="cpu", dtype=torch.float32)  # back (with the weights rounded to bf16 on the way)
-    assert pipe.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32 and pipe.device.type == "cpu"
+    assert (
+        pipe.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32 and pipe.device.type == "cpu"
+    )
 
 
 def test_an_unavailable_device_is_a_one_line_error(small_ckpt, monkeypatch):

@@ -1,4 +1,5 @@
 """The shapes world: the grammar, the renderer, and an analyser that recovers the ground truth."""
+
 import re
 
 import numpy as np
@@ -52,7 +53,9 @@ def test_objects_never_overlap_and_keep_the_prompted_attributes():
     for _ in range(100):
         img, full, masks = shapes.render(spec, rng)
         assert not (masks[0] & masks[1]).any()
-        assert (img[masks[0]] == shapes.COLOURS["red"]).all() and (img[masks[1]] == shapes.COLOURS["green"]).all()
+        assert (img[masks[0]] == shapes.COLOURS["red"]).all() and (
+            img[masks[1]] == shapes.COLOURS["green"]
+        ).all()
 
 
 @pytest.mark.parametrize(

@@ -60,8 +60,8 @@ def test_local_blend_keeps_the_rest_better_than_replace_alone(swaps):
 
 
 def test_negative_reweight_takes_away_what_the_word_names(shapes_pipe):
-    """A negative scale on "square" takes the blue square away and leaves the red circle; on "white", the white
-    background; with a scale of 1 (no edit) all three show."""
+    """A negative scale on "square" takes the blue square away and leaves the red circle; on "white", the
+    white background; with a scale of 1 (no edit) all three show."""
     seeds = range(8)
     base = reweight_shown(shapes_pipe, "square", 1.0, seeds, progress=False)
     square = reweight_shown(shapes_pipe, "square", -4.0, seeds, progress=False)
@@ -78,8 +78,8 @@ def test_negative_reweight_takes_away_what_the_word_names(shapes_pipe):
 
 
 def test_null_text_reconstructs_within_1_db_of_the_vae_and_above_ddim(shapes_pipe):
-    """The requirement: null-text inversion within 1 dB of the VAE's own round trip (the ceiling of any inversion),
-    on the benchmark's 10 rendered scenes; and better than DDIM inversion alone."""
+    """The requirement: null-text inversion within 1 dB of the VAE's own round trip (the ceiling of any
+    inversion), on the benchmark's 10 rendered scenes; and better than DDIM inversion alone."""
     rows = []
     for img, prompt in rendered_scenes(10):
         rec = {"vae": psnr(vae_round_trip(shapes_pipe, img)[0], img)}
@@ -97,16 +97,18 @@ def test_null_text_reconstructs_within_1_db_of_the_vae_and_above_ddim(shapes_pip
 
 def test_colour_edit_after_null_text_inversion(shapes_pipe):
     """A red circle turned blue after null-text inversion, with the rest kept (>= 25 dB against the input), in
-    at least 80% of scenes on black and white backgrounds (on gray this model cannot make this edit even on its
-    own images: docs/RESULTS.md); and keeping the source's self-attention longer and at every size keeps the rest
-    better than the paper's defaults."""
+    at least 80% of scenes on black and white backgrounds (on gray this model cannot make this edit even on
+    its own images: docs/RESULTS.md); and keeping the source's self-attention longer and at every size keeps
+    the rest better than the paper's defaults."""
     scenes = [s for s in map(colour_edit_scene, range(12)) if shapes.parse(s[1]).background != "gray"][:5]
     ok, rest = 0, {"keep": [], "paper": []}
     for img, source, target, circle in scenes:
         inversion = shapes_pipe.invert(Image.fromarray(img), source, method="null-text", progress=False)
         for name, settings in (("keep", {}), ("paper", dict(self_replace_steps=0.4, self_max_fraction=0.25))):
             edit = inverted_edit(shapes_pipe.tokenizer, source, target, **settings)
-            edited = shapes_pipe.generate([source, target], inversion=inversion, controller=edit, progress=False)[1]
+            edited = shapes_pipe.generate(
+                [source, target], inversion=inversion, controller=edit, progress=False
+            )[1]
             rest[name].append(psnr(edited, img, away_from(circle)))
             ok += name == "keep" and turned(edited, circle) and rest["keep"][-1] >= 25.0
     assert at_least(ok, len(scenes), EDIT_RATE), (ok, rest)

@@ -1,4 +1,5 @@
-"""The bundled shapes-world model: what it is on disk, and that it draws what it is told (measured by the analyser).
+"""The bundled shapes-world model: what it is on disk, and that it draws what it is told (measured by the
+analyser).
 
 The full measurement (200 prompts) is `python benchmarks/shapes_quality.py`; this is a smaller sample of it.
 """
@@ -24,20 +25,29 @@ def test_bundled_file_is_a_small_sd_single_file_checkpoint():
     assert META_KEY in meta and dtypes == {"F16"}
     prefixes = {".".join(k.split(".")[:2]) if k.startswith("model.") else k.split(".")[0] for k in keys}
     assert prefixes == {"model.diffusion_model", "first_stage_model", "cond_stage_model"}
-    assert all(k.startswith("cond_stage_model.transformer.text_model.") for k in keys if k.startswith("cond_stage"))
+    assert all(
+        k.startswith("cond_stage_model.transformer.text_model.") for k in keys if k.startswith("cond_stage")
+    )
 
 
 def test_load_with_no_path_is_the_bundled_model(shapes_pipe):
     assert shapes_pipe.config.image_size == 64 and shapes_pipe.factor == 4  # 16x16x4 latents
     assert shapes_pipe.dtype == torch.float32  # stored fp16, run fp32
     places = shapes_pipe.unet.places()
-    assert {(p.factor, p.where) for p in places if p.is_cross} >= {(1, "down"), (2, "down"), (4, "mid"), (1, "up")}
+    assert {(p.factor, p.where) for p in places if p.is_cross} >= {
+        (1, "down"),
+        (2, "down"),
+        (4, "mid"),
+        (1, "up"),
+    }
 
 
 def test_latent_scale_factor_is_one_over_the_latent_std(shapes_pipe):
     rng = np.random.default_rng(5)
     imgs = np.stack([shapes.render(shapes.sample_spec(rng, 0.0), rng)[0] for _ in range(64)])
-    std = shapes_pipe.encode(to_tensor(imgs)).std().item()  # VAE mean x scale factor: unit variance for the UNet
+    std = (
+        shapes_pipe.encode(to_tensor(imgs)).std().item()
+    )  # VAE mean x scale factor: unit variance for the UNet
     assert 0.9 < std < 1.1, std
 
 

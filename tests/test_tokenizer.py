@@ -1,4 +1,5 @@
 """The CLIP tokenizer built from OpenCLIP's BPE file gives the real CLIP ids."""
+
 import json
 
 from minip2p import TextConfig
@@ -17,7 +18,10 @@ def test_vocab_layout():
     assert len(vocab) == 49408 and vocab["<|startoftext|>"] == 49406 and vocab["<|endoftext|>"] == 49407
     assert vocab["!"] == 0 and vocab["!</w>"] == 256
     assert len((TOKENIZER_DIR / "merges.txt").read_text(encoding="utf-8").splitlines()) == 1 + 48894
-    assert "MIT" in (TOKENIZER_DIR / "LICENSE").read_text() or "Permission is hereby granted" in (TOKENIZER_DIR / "LICENSE").read_text()
+    assert (
+        "MIT" in (TOKENIZER_DIR / "LICENSE").read_text()
+        or "Permission is hereby granted" in (TOKENIZER_DIR / "LICENSE").read_text()
+    )
 
 
 def test_sd2_pads_with_exclamation_mark():

@@ -1,5 +1,6 @@
 """scripts/train_shapes.py end to end in miniature: every phase runs, resumes, is seeded, and its export is a
 checkpoint that `minip2p.load` reads like any Stable Diffusion file."""
+
 import shutil
 import subprocess
 import sys
@@ -16,8 +17,12 @@ pytestmark = pytest.mark.slow
 
 
 def train(*args):
-    out = subprocess.run([sys.executable, str(SCRIPT), *map(str, args), "--threads", "1"], capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args), "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 
@@ -41,7 +46,9 @@ def test_train_resume_export_load(tmp_path):
 
     train("unet", "--run", b, "--steps", 1, "--batch", 4)
     ua, ub = (torch.load(r / "unet.pt", weights_only=True)["model"] for r in (a, b))
-    assert all(torch.equal(ua[k], ub[k]) for k in ua)  # seeded: two runs of 2 + 1 steps end equal, bit for bit
+    assert all(
+        torch.equal(ua[k], ub[k]) for k in ua
+    )  # seeded: two runs of 2 + 1 steps end equal, bit for bit
 
     train("export", "--run", a, "--to", a / "model.safetensors")
     keys = load_file(str(a / "model.safetensors")).keys()

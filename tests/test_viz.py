@@ -1,5 +1,5 @@
-"""Attention pictures: one tile per token with its word, a colour scale, captions sized to the tiles, self-attention
-components that find the regions, and the npz export."""
+"""Attention pictures: one tile per token with its word, a colour scale, captions sized to the tiles,
+self-attention components that find the regions, and the npz export."""
 
 import numpy as np
 import pytest
@@ -22,7 +22,9 @@ def test_cross_attention_grid_has_one_tile_per_token_and_a_colour_scale(pipe, st
     grid = cross_attention_grid(store, "a red circle", 4, pipe.tokenizer, image=image, tile=64)
     assert grid.size[0] == 5 * 64  # <start> a red circle <end>
     scale = np.asarray(grid)[-30:].reshape(-1, 3).astype(int)  # the colour bar is at the bottom
-    assert (scale[:, 2] - scale[:, 0] > 200).any() and (scale[:, 0] - scale[:, 2] > 200).any()  # blue .. orange
+    assert (scale[:, 2] - scale[:, 0] > 200).any() and (
+        scale[:, 0] - scale[:, 2] > 200
+    ).any()  # blue .. orange
 
 
 def test_captions_are_sized_to_the_tiles_and_wrapped_to_them():
