@@ -1,6 +1,6 @@
-"""The package as a user installs it: an sdist built from this checkout, a wheel built from that sdist, the wheel
-installed into a folder of its own (no dependencies: this venv's torch and transformers serve), and used from
-another directory. The wheel must carry the bundled model and the tokenizer."""
+"""The package as a user installs it: an sdist built from this checkout, a wheel built from that sdist, the
+wheel installed into a folder of its own (no dependencies: this venv's torch and transformers serve), and used
+from another directory. The wheel must carry the bundled model and the tokenizer."""
 
 import os
 import subprocess

@@ -35,7 +35,7 @@ def swaps(shapes_pipe):
     source image shows its prompt (2 of each of the 4 word swaps)."""
     rows = (swap_edit(shapes_pipe, seed, progress=False) for seed in range(24))
     rows = list(islice((r for r in rows if r), 8))
-    assert len(rows) == 8, "the model drew fewer than 8 of 24 sources right (it draws 91.5% of prompts right)"
+    assert len(rows) == 8, "the model drew fewer than 8 of 24 sources as their prompts say"
     return rows
 
 
