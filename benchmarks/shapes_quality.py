@@ -29,9 +29,8 @@ def attention_shares(pipe, n=8, seed=3, steps=50):
         m = len(pipe.tokenizer(prompt).input_ids)
         store = AttentionStore()
         pipe.generate([prompt], seed=k, steps=steps, controller=store, progress=False)
-        a = torch.stack([store.mean(key)[0].mean(0) for key in store.keys()]).mean(
-            0
-        )  # (77,) over places, queries
+        per_place = [store.mean(key)[0].mean(0) for key in store.keys()]  # (77,) each, over the queries
+        a = torch.stack(per_place).mean(0)
         shares.append([a[0].item(), a[1 : m - 1].sum().item(), a[m - 1].item(), a[m:].sum().item()])
     return dict(zip(("start", "words", "end", "padding"), np.mean(shares, 0)))
 

@@ -111,6 +111,5 @@ class LocalBlend:
             self.sum, self.step_maps = maps if self.sum is None else self.sum + maps, []
         if i < self.start_step or (self.sum is None and self.user_mask is None):
             return x
-        return torch.lerp(
-            x[:1].expand_as(x), x, self.mask(x.dtype).to(x.device)
-        )  # exact where the mask is 0 or 1
+        # the source's latents where the mask is 0, each prompt's own where it is 1 (lerp is exact there)
+        return torch.lerp(x[:1].expand_as(x), x, self.mask(x.dtype).to(x.device))

@@ -1,5 +1,6 @@
 """Loading a model and generating images: glue between the parts, no maths of its own."""
 
+import inspect
 import sys
 from pathlib import Path
 
@@ -13,12 +14,13 @@ from .ddim import DDIM, guided
 from .diffusers_folder import read_diffusers_folder
 from .images import to_pil, to_tensor
 from .inversion import Inversion, invert
-from .p2p import AttentionStore, make_edit
+from .p2p import make_edit
 from .text import TOKENIZER_DIR, build_text_encoder, encode_text, load_tokenizer, tokenize
 from .unet import UNet
 from .vae import VAE
 
 OUTPUTS = ("pil", "latent", "tensor")
+EDIT_OPTIONS = set(inspect.signature(make_edit).parameters) - {"source", "target", "tokenizer"}
 
 
 def check_device(device) -> torch.device:
@@ -118,8 +120,7 @@ class Pipeline:
 
     def initial_latent(self, seed: int, height: int, width: int) -> torch.Tensor:
         """One (1, C, h, w) noise latent for a seed, drawn on the CPU: the same on every device."""
-        g = torch.Generator("cpu").manual_seed(seed)
-        return torch.randn((1, *self.latent_shape(height, width)), generator=g).to(self.device, self.dtype)
+        return self.noise(seed, None, height, width)[0]
 
     def check_size(self, height: int, width: int):
         step = self.factor * 2 ** (len(self.config.unet.channel_mult) - 1)
@@ -242,37 +243,15 @@ class Pipeline:
         (`inversion.invert`'s options: method, steps, guidance_scale, ...)."""
         return invert(self, image, prompt, **options)
 
-    def edit(
-        self,
-        source_prompt: str,
-        target_prompt: str,
-        *,
-        kind: str | None = None,
-        cross_replace_steps=defaults.CROSS_REPLACE_STEPS,
-        self_replace_steps=defaults.SELF_REPLACE_STEPS,
-        self_max_fraction: float = defaults.SELF_MAX_FRACTION,
-        blend=None,
-        reweight: dict | None = None,
-        store: AttentionStore | None = None,
-        **generate,
-    ):
+    def edit(self, source_prompt: str, target_prompt: str, **options):
         """Prompt-to-Prompt in one call -> [source image, edited image] from the same noise.
 
-        kind: "replace" (word swap, same word count), "refine" (words added or removed) or "reweight" (the
-        target's attention scaled by `reweight`, {word: scale}); by default replace for equal word counts,
-        refine otherwise, reweight for identical prompts with `reweight`; `reweight` with another kind chains
-        on it. blend: words whose region the edit is confined to (LocalBlend), each looked up in both prompts.
-        Other options go to `generate` (seed, steps, inversion, ...)."""
-        controller = make_edit(
-            source_prompt,
-            target_prompt,
-            self.tokenizer,
-            kind=kind,
-            cross_replace_steps=cross_replace_steps,
-            self_replace_steps=self_replace_steps,
-            self_max_fraction=self_max_fraction,
-            blend=blend,
-            reweight=reweight,
-            store=store,
-        )
-        return self.generate([source_prompt, target_prompt], controller=controller, **generate)
+        Options of `p2p.make_edit`: kind ("replace": a word swap, same word count; "refine": words added or
+        removed; "reweight": the target's attention scaled by `reweight`, {word: scale}; by default replace
+        for equal word counts, refine otherwise, reweight for identical prompts with `reweight`, which chains
+        on the other kinds), cross_replace_steps, self_replace_steps, self_max_fraction, blend (words whose
+        region the edit is confined to, LocalBlend, each looked up in both prompts), reweight, store. The
+        others go to `generate` (seed, steps, inversion, ...)."""
+        edit_options = {k: options.pop(k) for k in list(options) if k in EDIT_OPTIONS}
+        controller = make_edit(source_prompt, target_prompt, self.tokenizer, **edit_options)
+        return self.generate([source_prompt, target_prompt], controller=controller, **options)

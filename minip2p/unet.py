@@ -92,9 +92,8 @@ class GEGLU(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, dim):
         super().__init__()
-        self.net = nn.Sequential(
-            GEGLU(dim, 4 * dim), nn.Identity(), nn.Linear(4 * dim, dim)
-        )  # .1 was Dropout
+        # .1 was Dropout: an Identity keeps the key indices
+        self.net = nn.Sequential(GEGLU(dim, 4 * dim), nn.Identity(), nn.Linear(4 * dim, dim))
 
     def forward(self, x):
         return self.net(x)

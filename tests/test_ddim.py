@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from diffusers import DDIMScheduler
 
 from minip2p import DDIM
 
 
 def reference(steps_offset=1, prediction="epsilon"):
-    from diffusers import DDIMScheduler
 
     return DDIMScheduler(
         beta_start=0.00085,

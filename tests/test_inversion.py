@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 import minip2p
 from minip2p import Inversion, Replace
@@ -94,9 +95,8 @@ def test_inversion_save_load_and_edit(pipe, image, tmp_path):
     a, b = pipe.generate(prompts, inversion=back, controller=Replace(prompts, pipe.tokenizer), progress=False)
     reconstruction = pipe.generate(prompts[:1], inversion=inv, progress=False)[0]
     a, b, reconstruction = (np.asarray(im, dtype=int) for im in (a, b, reconstruction))
-    assert (
-        np.abs(a - reconstruction).max() <= 1
-    )  # the source branch is the reconstruction (the saved inversion)
+    assert np.abs(a - reconstruction).max() <= 1  # the source branch is the reconstruction
+
     assert np.abs(b - a).max() > 10  # and the edited branch is not
     with pytest.raises(ValueError, match="steps=9 differs from the inversion's 4"):
         pipe.generate(prompts, inversion=back, steps=9)
@@ -109,9 +109,6 @@ def test_invert_bad_input(pipe, image, tmp_path):
         pipe.invert(image, " ", progress=False)
     with pytest.raises(ValueError, match="method must be"):
         pipe.invert(image, "a cat", method="magic")
-    (tmp_path / "x.safetensors").write_bytes(b"")
-    from safetensors.torch import save_file
-
     save_file({"a": torch.zeros(1)}, str(tmp_path / "x.safetensors"))
     with pytest.raises(ValueError, match="not an inversion saved by minip2p"):
         Inversion.load(tmp_path / "x.safetensors")

@@ -106,9 +106,7 @@ def test_default_edit_kind():
     assert default_edit_kind("a red circle", "a blue circle") == "replace"
     assert default_edit_kind("a circle", "a red circle") == "refine"
     assert default_edit_kind("a red circle", "a red circle", {"red": 2}) == "reweight"
-    assert (
-        default_edit_kind("a red circle", "a blue circle", {"blue": 2}) == "replace"
-    )  # chained: Replace, then
+    assert default_edit_kind("a red circle", "a blue circle", {"blue": 2}) == "replace"  # then Reweight on it
 
 
 def run(pipe, prompts, controller=None, **options):

@@ -64,9 +64,8 @@ def test_text_encoder_equals_diffusers(small_ckpt, diffusers_models, family):
     with torch.no_grad():
         ours, theirs = encode_text(pipe.text_encoder, ids, cfg.text.penultimate), ref(ids).last_hidden_state
     assert report(f"{family} text encoder", (ours - theirs).abs().max()) < TOL
-    assert ids[0, -1] == (
-        0 if family == "sd2" else 49407
-    )  # OpenCLIP pads with "!" (id 0), CLIP with end-of-text
+    pad = 0 if family == "sd2" else 49407  # OpenCLIP pads with "!" (id 0), CLIP with end-of-text
+    assert ids[0, -1] == pad
 
 
 def test_scale_factor_is_config_and_equals_diffusers_default(pipe):

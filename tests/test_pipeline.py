@@ -91,9 +91,7 @@ def test_to_moves_and_casts_every_model(small_ckpt):
     assert bf16.dtype == torch.bfloat16 and torch.isfinite(bf16).all()
     assert (bf16.float() - fp32).abs().mean() < 0.05  # the same image, to bf16's precision
     pipe.to(device="cpu", dtype=torch.float32)  # back (with the weights rounded to bf16 on the way)
-    assert (
-        pipe.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32 and pipe.device.type == "cpu"
-    )
+    assert pipe.dtype == pipe.text_encoder.dtype == torch.float32 and pipe.device.type == "cpu"
 
 
 def test_an_unavailable_device_is_a_one_line_error(small_ckpt, monkeypatch):

@@ -45,9 +45,7 @@ def test_load_with_no_path_is_the_bundled_model(shapes_pipe):
 def test_latent_scale_factor_is_one_over_the_latent_std(shapes_pipe):
     rng = np.random.default_rng(5)
     imgs = np.stack([shapes.render(shapes.sample_spec(rng, 0.0), rng)[0] for _ in range(64)])
-    std = (
-        shapes_pipe.encode(to_tensor(imgs)).std().item()
-    )  # VAE mean x scale factor: unit variance for the UNet
+    std = shapes_pipe.encode(to_tensor(imgs)).std().item()  # VAE mean x scale factor: unit variance
     assert 0.9 < std < 1.1, std
 
 

@@ -46,14 +46,16 @@ def test_train_resume_export_load(tmp_path):
 
     train("unet", "--run", b, "--steps", 1, "--batch", 4)
     ua, ub = (torch.load(r / "unet.pt", weights_only=True)["model"] for r in (a, b))
-    assert all(
-        torch.equal(ua[k], ub[k]) for k in ua
-    )  # seeded: two runs of 2 + 1 steps end equal, bit for bit
+    assert all(torch.equal(ua[k], ub[k]) for k in ua)  # seeded: 2 + 1 steps end equal, bit for bit
 
     train("export", "--run", a, "--to", a / "model.safetensors")
     keys = load_file(str(a / "model.safetensors")).keys()
     assert {k.split(".")[0] for k in keys} == {"model", "first_stage_model", "cond_stage_model"}
     pipe = minip2p.load(a / "model.safetensors")
     assert pipe.config.image_size == 64 and pipe.factor == 4 and pipe.config.vae.scale_factor != 1.0
+    ema = torch.load(a / "unet.pt", weights_only=True)[
+        "ema_unet"
+    ]  # what export writes: the EMA weights, fp16
+    assert all(torch.equal(v.half().float(), pipe.unet.state_dict()[k]) for k, v in ema.items())
     image = pipe.generate(["a red circle on a white background"], seed=0, steps=2, progress=False)[0]
     assert image.size == (64, 64)
