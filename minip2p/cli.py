@@ -170,8 +170,18 @@ def common(p, out: str):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+class DefaultsShown(argparse.HelpFormatter):
+    """--help says each option's default, where it has one (the values of minip2p.defaults)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
 def parser() -> argparse.ArgumentParser:
-    formatter = argparse.ArgumentDefaultsHelpFormatter
+    formatter = DefaultsShown
     p = argparse.ArgumentParser(prog="minip2p", description="Stable Diffusion with Prompt-to-Prompt editing")
     p.add_argument("--version", action="version", version=f"minip2p {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -210,6 +220,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--self",
         dest="self_",
+        metavar="SELF",
         type=float,
         default=defaults.SELF_REPLACE_STEPS,
         help="self_replace_steps: fraction of the steps the target takes the source's self-attention",
