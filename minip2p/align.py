@@ -9,6 +9,7 @@ import string
 
 import torch
 
+from .checks import short
 from .text import token_ids
 
 MAX_TOKENS = 77
@@ -24,7 +25,9 @@ def words_and_tokens(prompt, tokenizer):
         positions.append(list(range(pos, pos + n)))
         pos += n
     if pos + 1 != total:  # cannot happen with CLIP's pre-tokenizer, which never joins across spaces
-        raise ValueError(f"{prompt!r}: word-by-word tokens ({pos + 1}) differ from the prompt's ({total})")
+        raise ValueError(
+            f"{short(prompt)}: word-by-word tokens ({pos + 1}) differ from the prompt's ({total})"
+        )
     return words, positions
 
 
@@ -38,13 +41,13 @@ def word_token_indices(prompt, word, tokenizer):
     words, positions = words_and_tokens(prompt, tokenizer)
     if isinstance(word, int):
         if not 0 <= word < len(words):
-            raise ValueError(f"word index {word} is outside {prompt!r}, which has {len(words)} words")
+            raise ValueError(f"word index {word} is outside {short(prompt)}, which has {len(words)} words")
         found = [word]
     else:
         found = [i for i, w in enumerate(words) if clean(w) == clean(word)]
         if not found:
             raise ValueError(
-                f"{word!r} is not a word of {prompt!r}; its words are {[clean(w) for w in words]}"
+                f"{short(word)} is not a word of {short(prompt)}; its words are {[clean(w) for w in words]}"
             )
     out = []
     for i in found:
@@ -65,8 +68,8 @@ def replacement_mapper(source, target, tokenizer):
     tgt_words, tgt_pos = words_and_tokens(target, tokenizer)
     if len(src_words) != len(tgt_words):
         raise ValueError(
-            f"a word swap (Replace) needs prompts with the same number of words: {source!r} has "
-            f"{len(src_words)}, {target!r} has {len(tgt_words)}; use Refine to add or remove words"
+            f"a word swap (Replace) needs prompts with the same number of words: {short(source)} has "
+            f"{len(src_words)}, {short(target)} has {len(tgt_words)}; use Refine to add or remove words"
         )
     mapper = torch.zeros(MAX_TOKENS, MAX_TOKENS)
     mapper[0, 0] = 1

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from . import defaults
 from .align import MAX_TOKENS, word_token_indices
 from .attention import Place
+from .checks import in_range
 
 
 def map_factor(fraction: float, latent_h: int, min_size: int = defaults.MIN_MAP_SIZE) -> int:
@@ -17,12 +18,21 @@ def map_factor(fraction: float, latent_h: int, min_size: int = defaults.MIN_MAP_
     return factor
 
 
-def check_fraction(value, what: str, low_open: bool = False) -> float:
-    if not (0 < value <= 1 if low_open else 0 <= value <= 1):
+def check_mask(mask) -> torch.Tensor | None:
+    """A user's mask -> (h, w) float tensor with values in [0, 1] (a (1, h, w) or (1, 1, h, w) one is
+    squeezed)."""
+    if mask is None:
+        return None
+    m = torch.as_tensor(mask, dtype=torch.float32)
+    while m.dim() > 2 and m.shape[0] == 1:
+        m = m[0]
+    if m.dim() != 2 or m.numel() == 0:
         raise ValueError(
-            f"LocalBlend {what} must be a number in {'(0' if low_open else '[0'}, 1], not {value!r}"
+            f"a LocalBlend mask is a 2-D (height, width) array, not one of shape {tuple(m.shape)}"
         )
-    return float(value)
+    if not (torch.isfinite(m).all() and m.min() >= 0 and m.max() <= 1):
+        raise ValueError("a LocalBlend mask holds values in [0, 1] (1: the edit may change this cell)")
+    return m
 
 
 class LocalBlend:
@@ -44,12 +54,11 @@ class LocalBlend:
         mask=None,
         res_fraction: float = defaults.BLEND_RES_FRACTION,
     ):
-        self.words, self.subtract, self.user_mask = words, subtract, mask
-        self.threshold = check_fraction(threshold, "threshold")
-        self.start_blend = check_fraction(start_blend, "start_blend")
-        self.res_fraction = check_fraction(
-            res_fraction, "res_fraction (the map size as a fraction of the latent)", True
-        )
+        self.words, self.subtract, self.user_mask = words, subtract, check_mask(mask)
+        self.threshold = in_range(threshold, "LocalBlend threshold", 0, 1)
+        self.start_blend = in_range(start_blend, "LocalBlend start_blend", 0, 1)
+        # the size of the maps read, as a fraction of the latent's
+        self.res_fraction = in_range(res_fraction, "LocalBlend res_fraction", 0, 1, low_open=True)
 
     def bind(self, prompts, tokenizer):
         """One word (or list of words) per prompt -> which tokens of each prompt the mask is read from."""
@@ -95,10 +104,11 @@ class LocalBlend:
     def mask(self, dtype) -> torch.Tensor:
         """(P, 1, h, w) (or (1, 1, h, w) for a user mask): 1 where a prompt keeps its own latents."""
         if self.user_mask is not None:
-            m = torch.as_tensor(self.user_mask, dtype=dtype)
-            return F.interpolate(m.reshape(1, 1, *m.shape[-2:]), size=self.latent_hw)
+            return F.interpolate(self.user_mask[None, None].to(dtype), size=self.latent_hw)
         mask = self.region(self.sum, self.alpha, pool=True)
-        mask = mask[:1] | mask  # the source's region and each target's
+        mask = (
+            mask[:1] | mask
+        )  # the source's region and each target's (a prompt without the words: the source's)
         if self.sub_alpha is not None:
             mask = mask & ~self.region(self.sum, self.sub_alpha, pool=False)
         return mask.to(dtype)

@@ -7,8 +7,9 @@ Every problem with a file is reported before any model is built, naming the file
 """
 
 import json
+import math
 import shlex
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .checks import whole
+from .files import atomic_write
 from .text import TextConfig
 from .unet import UNetConfig
 from .vae import VAEConfig
@@ -58,22 +61,116 @@ class ModelConfig:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, s):
-        d = json.loads(s)
-        unet, vae, text = (
-            {k: tuple(v) if isinstance(v, list) else v for k, v in d[p].items()} for p in PARTS
-        )
-        return cls(
-            d["family"],
-            UNetConfig(**unet),
-            VAEConfig(**vae),
-            TextConfig(**text),
-            d["prediction"],
-            d["image_size"],
-        )
+    def from_json(cls, s: str, where="the config") -> "ModelConfig":
+        """A config written by to_json -> ModelConfig, checked (see check_config); one line for any fault."""
+        try:
+            d = json.loads(s)
+            parts = {}
+            for name, part in PARTS.items():
+                given = {k: tuple(v) if isinstance(v, list) else v for k, v in d.pop(name).items()}
+                unknown = set(given) - {f.name for f in fields(part)}
+                if unknown:
+                    raise ValueError(f"unknown {name} fields {sorted(unknown)}")
+                parts[name] = part(**given)
+            cfg = cls(**d, **parts)
+        except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(
+                f"{where} is not a minip2p model config ({type(e).__name__}: {e})"
+            ) from None
+        return check_config(cfg, where)
 
 
-PARTS = ("unet", "vae", "text")
+PARTS = {"unet": UNetConfig, "vae": VAEConfig, "text": TextConfig}
+# every size a config may give, (low, high): the largest real models (SDXL, OpenCLIP bigG) fit with room to
+# spare, and nothing larger is built, so that a file's metadata cannot make us allocate what no model needs
+LIMITS = {
+    "unet": dict(
+        in_channels=(1, 64),
+        out_channels=(1, 64),
+        model_channels=(1, 4096),
+        num_res_blocks=(1, 16),
+        num_heads=(1, 256),
+        head_dim=(1, 1024),
+        context_dim=(1, 16384),
+        transformer_depth=(1, 64),
+        norm_groups=(1, 1024),
+    ),
+    "vae": dict(
+        ch=(1, 2048), num_res_blocks=(1, 16), in_channels=(1, 16), z_channels=(1, 256), norm_groups=(1, 1024)
+    ),
+    "text": dict(
+        hidden_size=(1, 16384),
+        intermediate_size=(1, 65536),
+        num_layers=(1, 128),
+        num_heads=(1, 256),
+        vocab_size=(1, 1_000_000),
+        max_length=(2, 1024),
+    ),
+}
+MULTIPLIERS = (1, 64)  # channel_mult / ch_mult entries
+MAX_LEVELS = 8
+
+
+def check_config(cfg: ModelConfig, where) -> ModelConfig:
+    """Every number of a config in its range and consistent with the others, before anything is built: a
+    config is read from a file, and a file may lie."""
+
+    def fail(what):
+        raise CheckpointError(f"{where}: {what}")
+
+    for part, limits in LIMITS.items():
+        sub = getattr(cfg, part)
+        for name, (low, high) in limits.items():
+            value = getattr(sub, name)
+            if part == "unet" and name == "head_dim" and value in (None, 0):
+                continue  # num_heads heads (0: configs written before None meant it)
+            try:
+                whole(value, f"{part}.{name}", low, high)
+            except ValueError as e:
+                fail(e)
+    for part, name in (("unet", "channel_mult"), ("vae", "ch_mult")):
+        mult = getattr(getattr(cfg, part), name)
+        if not isinstance(mult, tuple) or not 1 <= len(mult) <= MAX_LEVELS:
+            fail(f"{part}.{name} must be a list of 1 to {MAX_LEVELS} widths, not {mult!r}")
+        for m in mult:
+            try:
+                whole(m, f"{part}.{name} entry", *MULTIPLIERS)
+            except ValueError as e:
+                fail(e)
+    u, v, t = cfg.unet, cfg.vae, cfg.text
+    levels = [2**i for i in range(len(u.channel_mult))]
+    if not all(r in levels for r in u.attention_resolutions):
+        fail(
+            f"unet.attention_resolutions {u.attention_resolutions} must be among the levels' factors {levels}"
+        )
+    widths = [u.model_channels * m for m in u.channel_mult] + [v.ch * m for m in v.ch_mult]
+    groups = [u.norm_groups] * (len(u.channel_mult)) + [v.norm_groups] * len(v.ch_mult)
+    if any(w % g for w, g in zip(widths, groups)):
+        fail(f"every width {widths} must be a multiple of its norm_groups ({u.norm_groups}, {v.norm_groups})")
+    heads = [u.heads(u.model_channels * m) for m in u.channel_mult]
+    if u.head_dim and any(u.model_channels * m % u.head_dim for m in u.channel_mult):
+        fail(f"unet.head_dim {u.head_dim} must divide every width {widths[: len(u.channel_mult)]}")
+    if any(u.model_channels * m % h for m, h in zip(u.channel_mult, heads)):
+        fail(f"unet.num_heads {u.num_heads} must divide every width {widths[: len(u.channel_mult)]}")
+    if t.hidden_size % t.num_heads or t.hidden_size != u.context_dim:
+        fail(
+            f"text.hidden_size {t.hidden_size} must equal unet.context_dim {u.context_dim} and be a multiple "
+            f"of text.num_heads {t.num_heads}"
+        )
+    if not (
+        isinstance(v.scale_factor, (int, float)) and math.isfinite(v.scale_factor) and v.scale_factor > 0
+    ):
+        fail(f"vae.scale_factor must be a positive finite number, not {v.scale_factor!r}")
+    if t.hidden_act not in ("quick_gelu", "gelu") or not isinstance(t.pad_token, str):
+        fail(f"text.hidden_act must be quick_gelu or gelu (and pad_token a string), not {t.hidden_act!r}")
+    if cfg.family not in ("sd1", "sd2", "custom") or cfg.prediction not in ("epsilon", "v"):
+        fail(
+            f"family {cfg.family!r}, prediction {cfg.prediction!r}: expected sd1, sd2 or custom; epsilon or v"
+        )
+    step = v.factor * 2 ** (len(u.channel_mult) - 1)
+    if not isinstance(cfg.image_size, int) or not step <= cfg.image_size <= 8192 or cfg.image_size % step:
+        fail(f"image_size must be a multiple of {step} up to 8192, not {cfg.image_size!r}")
+    return cfg
 
 
 def text_prefix(cfg: ModelConfig) -> str:
@@ -142,8 +239,12 @@ def conversion_command(path: Path) -> str:
 def read_safetensors(path):
     """-> (tensors dict, metadata dict); a clear error for a missing, foreign, truncated or corrupt file."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(f"{path} is a symbolic link to nothing (broken, or a loop)")
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file: give a .safetensors file or a diffusers folder")
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise CheckpointError(
             f"{path} is a pickle ({path.suffix}); minip2p reads only .safetensors, because unpickling runs "
@@ -166,7 +267,7 @@ def infer_config(tensors, meta, path, prediction=None):
     """The model family from __metadata__ (our models) or from keys and shapes (SD1: conv proj_in, context
     768; SD2: linear proj_in, context 1024)."""
     if META_KEY in meta:
-        cfg = ModelConfig.from_json(meta[META_KEY])
+        cfg = ModelConfig.from_json(meta[META_KEY], f"{path} ({META_KEY} metadata)")
     else:
         proj = tensors.get(UNET_PREFIX + "input_blocks.1.1.proj_in.weight")
         to_k = tensors.get(UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")
@@ -209,23 +310,38 @@ def split_parts(tensors, cfg):
 
 
 def check_state_dict(sd, expected, path, what, prefix=""):
-    """Compare keys and shapes with a model's (name -> shape); raise naming the first offending keys."""
+    """Compare a file's tensors with a model's state dict (its meta tensors will do): keys, shapes, dtypes
+    (floating point where the model's are) and values (finite); raise naming the first offending keys."""
     missing = [k for k in expected if k not in sd]
     extra = [k for k in sd if k not in expected]
+    common = [k for k in expected if k in sd]
     wrong = [
-        f"{prefix}{k}: file {list(sd[k].shape)}, expected {list(expected[k])}"
-        for k in expected
-        if k in sd and tuple(sd[k].shape) != tuple(expected[k])
+        f"{prefix}{k}: file {list(sd[k].shape)}, expected {list(expected[k].shape)}"
+        for k in common
+        if tuple(sd[k].shape) != tuple(expected[k].shape)
     ]
-    if missing or extra or wrong:
-        lines = [f"{path}: the {what} weights do not match the {what} this checkpoint was taken to be"]
-        if missing:
-            lines.append(f"  {len(missing)} missing keys, e.g. " + ", ".join(prefix + k for k in missing[:5]))
-        if extra:
-            lines.append(f"  {len(extra)} unexpected keys, e.g. " + ", ".join(prefix + k for k in extra[:5]))
-        if wrong:
-            lines.append(f"  {len(wrong)} shape mismatches, e.g. " + "; ".join(wrong[:3]))
-        raise CheckpointError("\n".join(lines))
+    lines = []
+    if missing:
+        lines.append(f"  {len(missing)} missing keys, e.g. " + ", ".join(prefix + k for k in missing[:5]))
+    if extra:
+        lines.append(f"  {len(extra)} unexpected keys, e.g. " + ", ".join(prefix + k for k in extra[:5]))
+    if wrong:
+        lines.append(f"  {len(wrong)} shape mismatches, e.g. " + "; ".join(wrong[:3]))
+    if lines:
+        raise CheckpointError(
+            "\n".join(
+                [f"{path}: the {what} weights do not match the {what} this checkpoint was taken to be"]
+                + lines
+            )
+        )
+    for k in common:
+        if expected[k].is_floating_point() and not sd[k].is_floating_point():
+            raise CheckpointError(
+                f"{path}: {prefix}{k} holds {sd[k].dtype} values; minip2p reads floating-point weights "
+                "(quantised checkpoints are not supported)"
+            )
+        if sd[k].is_floating_point() and not torch.isfinite(sd[k]).all():
+            raise CheckpointError(f"{path}: {prefix}{k} holds NaN or infinite values: the file is damaged")
 
 
 def save_checkpoint(path, cfg: ModelConfig, unet, vae, text_encoder, dtype=None):
@@ -237,4 +353,5 @@ def save_checkpoint(path, cfg: ModelConfig, unet, vae, text_encoder, dtype=None)
     for prefix, module in ((UNET_PREFIX, unet), (VAE_PREFIX, vae), (CLIP_PREFIX, text_encoder)):
         for k, v in module.state_dict().items():
             out[prefix + k] = (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
-    save_file(out, str(path), metadata={META_KEY: cfg.to_json()})
+    with atomic_write(path) as tmp:
+        save_file(out, str(tmp), metadata={META_KEY: cfg.to_json()})

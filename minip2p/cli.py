@@ -1,11 +1,13 @@
 """Command line: `python -m minip2p generate|edit|attention|demo ...` (also installed as `minip2p`)."""
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
 from . import __version__, defaults
+from .files import IMAGE_SUFFIXES, check_output, save_image
 from .images import load_image
 from .p2p import AttentionStore, default_edit_kind, make_edit
 from .pipeline import load
@@ -41,12 +43,8 @@ DEMO_SEED = 8888
 
 
 def check_out(path) -> Path:
-    out = Path(path)
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        raise SystemExit(f"error: --out {out}: give an image file name ending in .png, .jpg or .webp")
-    if not out.parent.is_dir():
-        raise SystemExit(f"error: --out {out}: the folder {out.parent} does not exist")
-    return out
+    """--out, checked before the model is even loaded."""
+    return check_output(path, IMAGE_SUFFIXES)
 
 
 def load_model(args):
@@ -64,9 +62,10 @@ def cmd_generate(args):
         height=args.height,
         width=args.width,
         negative_prompt=args.negative,
+        max_size=args.max_size,
         progress=not args.quiet,
     )
-    (images[0] if len(images) == 1 else image_grid(images, args.prompt)).save(out)
+    save_image(images[0] if len(images) == 1 else image_grid(images, args.prompt), out)
     print(f"wrote {out} (seed {args.seed})")
 
 
@@ -83,7 +82,7 @@ def cmd_demo(args):
             captions.append(f"source: {source}")
         images.append(edited)
         captions.append(label)
-    image_grid(images, captions, min_size=384, columns=len(images)).save(out)
+    save_image(image_grid(images, captions, min_size=384, columns=len(images)), out)
     sources = len(images) - len(DEMO)
     print(f"wrote {out.resolve()}: {len(DEMO)} Prompt-to-Prompt edits of {sources} source images")
 
@@ -133,13 +132,18 @@ def cmd_edit(args):
     if args.image:
         images = [load_image(args.image, pipe.config.image_size)] + images
         captions = ["input image", f"{args.invert} inversion: {args.prompt}", captions[1]]
-    image_grid(images, captions, min_size=512).save(out)
+    save_image(image_grid(images, captions, min_size=512), out)
     print(f"wrote {out}")
 
 
 def cmd_attention(args):
     out = check_out(args.out)
     pipe = load_model(args)
+    latent = pipe.config.image_size // pipe.factor
+    sizes = sorted({latent // p.factor for p in pipe.unet.places() if p.is_cross})
+    res = sizes[-1] if args.res is None else args.res  # the finest maps by default
+    if res not in sizes:
+        raise ValueError(f"--res {res}: this model's cross-attention maps are {sizes} cells wide")
     store = AttentionStore()
     image = pipe.generate(
         [args.prompt],
@@ -149,8 +153,7 @@ def cmd_attention(args):
         controller=store,
         progress=not args.quiet,
     )[0]
-    res = args.res or store.resolutions()[-1]  # the finest maps
-    cross_attention_grid(store, args.prompt, res, pipe.tokenizer, image=image).save(out)
+    save_image(cross_attention_grid(store, args.prompt, res, pipe.tokenizer, image=image), out)
     print(f"wrote {out} (cross-attention at {res}x{res})")
 
 
@@ -192,6 +195,7 @@ def parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--negative", default="", help="negative prompt")
     g.add_argument("--height", type=int, help="image height (default: the model's size)")
+    g.add_argument("--max-size", type=int, help="allow sizes up to this (default: 4x the model's size)")
     g.add_argument("--width", type=int, help="image width (default: the model's size)")
     g.add_argument(
         "--prediction", choices=["epsilon", "v"], help="v for SD2 768-v models (default: from the file)"
@@ -262,8 +266,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
+    """Run a command; a user's mistake, a file that cannot be read or written, or Ctrl-C ends in one line."""
     args = parser().parse_args(argv)
     try:
         args.run(args)
-    except (FileNotFoundError, ValueError) as e:
+    except KeyboardInterrupt:
+        print("interrupted, nothing written", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None

@@ -16,6 +16,9 @@ def guided(out_uncond: torch.Tensor, out_cond: torch.Tensor, scale: float) -> to
     return out_uncond + scale * (out_cond - out_uncond)
 
 
+TRAIN_STEPS = 1000  # the noise schedule Stable Diffusion was trained with
+
+
 class DDIM:
     def __init__(
         self,
@@ -24,7 +27,7 @@ class DDIM:
         prediction="epsilon",
         beta_start=0.00085,
         beta_end=0.012,
-        train_steps=1000,
+        train_steps=TRAIN_STEPS,
     ):
         if prediction not in ("epsilon", "v"):
             raise ValueError(f"prediction must be 'epsilon' or 'v', not {prediction!r}")
@@ -39,8 +42,10 @@ class DDIM:
         self.timesteps = torch.from_numpy(ts.copy())  # descending, e.g. 981, 961, ..., 1
 
     def alpha(self, t):
-        """Cumulative alpha at train timestep t; t < 0 means 'after the last step'."""
-        t = int(t)
+        """Cumulative alpha at train timestep t; t < 0 means 'after the last step'. With steps_offset 1, a
+        1000-step schedule starts at t = 1000, one past the table: it takes the last alpha (diffusers fails).
+        """
+        t = min(int(t), len(self.alphas_cumprod) - 1)
         return self.alphas_cumprod[t] if t >= 0 else self.final_alpha
 
     def split(self, out, x, a):

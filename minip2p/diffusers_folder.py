@@ -10,9 +10,10 @@ import json
 import re
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .checkpoint import CheckpointError, ModelConfig
+from .checkpoint import CheckpointError, ModelConfig, check_config
 from .text import TextConfig
 from .unet import UNetConfig
 from .vae import VAEConfig
@@ -100,13 +101,19 @@ def vae_key(k, levels):
     return k
 
 
-def read_json(path):
+def read_json(path) -> dict:
     if not path.is_file():
         raise CheckpointError(
             f"{path} not found: a diffusers folder needs unet/, vae/ and text_encoder/, "
             f"each with config.json and a .safetensors file"
         )
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not a readable JSON file: {e}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} holds no config (a JSON object)")
+    return config
 
 
 def read_weights(folder):
@@ -116,21 +123,53 @@ def read_weights(folder):
         hint = f" (found {pickles[0].name}: a pickle, which minip2p does not read)" if pickles else ""
         raise CheckpointError(f"{folder}: no .safetensors weights{hint}")
     sd = {}
-    for f in [
-        f for f in files if ".fp16." not in f.name
-    ] or files:  # prefer full precision, accept fp16 variants
-        sd.update(load_file(str(f)))
+    for f in [f for f in files if ".fp16." not in f.name] or files:  # full precision first; fp16 variants do
+        try:
+            sd.update(load_file(str(f)))
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{f} is not a readable .safetensors file: {e}") from None
     return sd
 
 
 def read_diffusers_folder(path, prediction=None):
     """-> (ModelConfig, (unet, vae, text) state dicts with CompVis / transformers keys, tokenizer folder or
-    None)."""
+    None). The configs are read and checked before any weights."""
     path = Path(path)
+    cfg, tok_dir, up_has_attn = folder_config(path, prediction)
+    res_blocks = cfg.unet.num_res_blocks
+    unet_sd = {unet_key(k, res_blocks, up_has_attn): v for k, v in read_weights(path / "unet").items()}
+    vae_sd = {}
+    for k, v in read_weights(path / "vae").items():
+        k = vae_key(k, len(cfg.vae.ch_mult))
+        vae_sd[k] = v[..., None, None] if ".mid.attn_1." in k and k.endswith("weight") and v.dim() == 2 else v
+    text_sd = {
+        k.removeprefix("text_model."): v
+        for k, v in read_weights(path / "text_encoder").items()
+        if not k.endswith("position_ids")
+    }
+    return cfg, (unet_sd, vae_sd, text_sd), tok_dir
+
+
+def folder_config(path: Path, prediction=None) -> tuple:
+    """The folder's config.json files -> (ModelConfig, checked; tokenizer folder or None; which up blocks
+    have attention)."""
     unet_cfg, vae_cfg, text_cfg = (
         read_json(path / p / "config.json") for p in ("unet", "vae", "text_encoder")
     )
+    try:
+        cfg, tok_dir = configs(path, unet_cfg, vae_cfg, text_cfg, prediction)
+        up_has_attn = ["CrossAttn" in t for t in unet_cfg["up_block_types"]]
+    except KeyError as e:
+        raise CheckpointError(f"{path}: a config.json lacks the field {e}") from None
+    except (TypeError, ValueError, ZeroDivisionError, IndexError, AttributeError) as e:
+        raise CheckpointError(f"{path}: a config.json holds a value minip2p cannot use ({e})") from None
+    return check_config(cfg, path), tok_dir, up_has_attn
+
+
+def configs(path, unet_cfg, vae_cfg, text_cfg, prediction) -> tuple:
     widths, res_blocks = unet_cfg["block_out_channels"], unet_cfg["layers_per_block"]
+    if not widths or min(widths) <= 0 or min(vae_cfg["block_out_channels"] or [0]) <= 0:
+        raise ValueError("block_out_channels must be positive widths")
     heads = unet_cfg.get("num_attention_heads") or unet_cfg["attention_head_dim"]
     unet = UNetConfig(
         in_channels=unet_cfg["in_channels"],
@@ -193,15 +232,4 @@ def read_diffusers_folder(path, prediction=None):
         prediction or {"v_prediction": "v"}.get(pred, pred),
         unet_cfg.get("sample_size", 64) * vae.factor,
     )
-    up_has_attn = ["CrossAttn" in t for t in unet_cfg["up_block_types"]]
-    unet_sd = {unet_key(k, res_blocks, up_has_attn): v for k, v in read_weights(path / "unet").items()}
-    vae_sd = {}
-    for k, v in read_weights(path / "vae").items():
-        k = vae_key(k, len(vae_widths))
-        vae_sd[k] = v[..., None, None] if ".mid.attn_1." in k and k.endswith("weight") and v.dim() == 2 else v
-    text_sd = {
-        k.removeprefix("text_model."): v
-        for k, v in read_weights(path / "text_encoder").items()
-        if not k.endswith("position_ids")
-    }
-    return cfg, (unet_sd, vae_sd, text_sd), tok_dir
+    return cfg, tok_dir

@@ -3,9 +3,13 @@
 The VAE works on (B, 3, H, W) tensors in [-1, 1]; users have PIL images or uint8 arrays (H, W, 3) in 0..255.
 """
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .checks import whole
 
 
 def to_tensor(images) -> torch.Tensor:
@@ -33,25 +37,35 @@ def to_pil(images: torch.Tensor) -> list:
     return [Image.fromarray(np.ascontiguousarray(a)) for a in to_uint8(images)]
 
 
+def open_image(path: Path) -> Image.Image:
+    """Read an image file, with one line naming it for anything amiss (a FIFO or a folder is not read: it
+    would hang or fail deep in PIL)."""
+    if not path.exists():
+        raise FileNotFoundError(f"image not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a regular file: give a PNG, JPEG or WebP image")
+    try:
+        image = Image.open(path)
+        image.load()
+    except Image.DecompressionBombError:
+        raise ValueError(
+            f"{path} is too large ({Image.MAX_IMAGE_PIXELS} pixels at most): make it smaller"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ValueError(f"cannot read {path} as an image ({e}); give a PNG, JPEG or WebP file") from None
+    return image
+
+
 def load_image(image, size: int, crop=(0, 0, 0, 0)) -> Image.Image:
     """A path or PIL image -> RGB PIL image of size x size: EXIF orientation applied, any mode converted
     (16-bit scaled, transparency composited on white), `crop` = pixels cut from (left, right, top, bottom),
     then a centre crop to a square and a resize."""
+    whole(size, "size")
+    if not isinstance(crop, (tuple, list)) or len(crop) != 4:
+        raise ValueError(f"crop must be four pixel counts (left, right, top, bottom), not {crop!r}")
+    crop = tuple(whole(c, "each crop", 0) for c in crop)
     if not isinstance(image, Image.Image):
-        try:
-            image = Image.open(image)
-            image.load()
-        except (FileNotFoundError, IsADirectoryError):
-            raise FileNotFoundError(f"image not found: {image}") from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(
-                f"cannot read {image} as an image ({e}); give a PNG, JPEG or WebP file"
-            ) from None
-    if size <= 0 or len(crop) != 4 or min(crop) < 0:
-        raise ValueError(
-            f"size must be positive and crop four pixel counts >= 0 (left, right, top, bottom): "
-            f"size={size}, crop={crop}"
-        )
+        image = open_image(Path(image))
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         a = np.asarray(image, dtype=np.float64)

@@ -10,15 +10,18 @@
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import defaults
-from .ddim import DDIM, guided
+from .checks import finite, short, whole
+from .ddim import DDIM, TRAIN_STEPS, guided
+from .files import atomic_write
 from .images import load_image, to_tensor
 
 METHODS = ("null-text", "negative-prompt", "ddim")
@@ -35,11 +38,33 @@ class Inversion:
     method: str
     guidance_scale: float
     steps_offset: int
+    probe: torch.Tensor | None = (
+        None  # a few of the model's weights (Pipeline.probe): which model inverted it
+    )
     trajectory: list | None = None  # x_0 ... x_T of DDIM inversion (not saved)
 
     @property
     def steps(self) -> int:
         return self.null_embeddings.shape[0]
+
+    def check(self, pipe, prompt: str):
+        """An error unless this inversion fits the model and the source prompt it is used with."""
+        cfg = pipe.config
+        latent = (1, cfg.unet.in_channels)
+        nulls = (cfg.text.max_length, cfg.unet.context_dim)
+        if tuple(self.latent.shape[:2]) != latent or tuple(self.null_embeddings.shape[1:]) != nulls:
+            raise ValueError(
+                f"this inversion (latent {tuple(self.latent.shape)}, null embeddings "
+                f"{tuple(self.null_embeddings.shape)}) was made with another kind of model"
+            )
+        probe = pipe.probe()
+        if self.probe is not None and not torch.allclose(self.probe, probe, rtol=1e-2, atol=1e-3):
+            raise ValueError("this inversion was made with another model: invert the image with this one")
+        if prompt != self.prompt:
+            raise ValueError(
+                f"the first prompt must be the one the image was inverted with, {short(self.prompt)}, not "
+                f"{short(prompt)}: its null embeddings reconstruct the image for that prompt only"
+            )
 
     def settings(self, steps, guidance_scale, negative_prompt) -> tuple:
         """Sampling from this inversion -> (steps, guidance_scale, steps_offset, start latent); an error where
@@ -61,27 +86,64 @@ class Inversion:
         meta = {
             "prompt": self.prompt,
             "method": self.method,
-            "guidance_scale": str(self.guidance_scale),
-            "steps_offset": str(self.steps_offset),
+            "guidance_scale": self.guidance_scale,
+            "steps_offset": self.steps_offset,
         }
-        tensors = {"latent": self.latent.contiguous(), "null_embeddings": self.null_embeddings.contiguous()}
-        save_file(tensors, str(path), metadata={META_KEY: json.dumps(meta)})
+        tensors = {"latent": self.latent, "null_embeddings": self.null_embeddings}
+        if self.probe is not None:
+            tensors["probe"] = self.probe
+        with atomic_write(path) as tmp:
+            save_file(
+                {k: v.contiguous() for k, v in tensors.items()},
+                str(tmp),
+                metadata={META_KEY: json.dumps(meta)},
+            )
 
     @classmethod
     def load(cls, path) -> "Inversion":
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {}).get(META_KEY, "null") or "null")
-        if meta is None:
+        """An inversion saved by `save`, checked whole: one line naming the file for anything amiss."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"inversion file not found: {path}")
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads((f.metadata() or {}).get(META_KEY, "null") or "null")
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path} is not a readable inversion file ({e})") from None
+        if not isinstance(meta, dict):
             raise ValueError(f"{path} is not an inversion saved by minip2p (no {META_KEY} metadata)")
-        t = load_file(str(path))
-        return cls(
-            t["latent"],
-            t["null_embeddings"],
-            meta["prompt"],
-            meta["method"],
-            float(meta["guidance_scale"]),
-            int(meta["steps_offset"]),
-        )
+        try:
+            inversion = cls(
+                tensors["latent"],
+                tensors["null_embeddings"],
+                meta["prompt"],
+                meta["method"],
+                float(meta["guidance_scale"]),
+                int(meta["steps_offset"]),
+                tensors.get("probe"),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: an inversion file lacks or garbles {e}") from None
+        latent, nulls = inversion.latent, inversion.null_embeddings
+        if (
+            latent.dim() != 4
+            or latent.shape[0] != 1
+            or nulls.dim() != 3
+            or not 1 <= len(nulls) <= TRAIN_STEPS
+        ):
+            raise ValueError(
+                f"{path}: latent {tuple(latent.shape)} / null embeddings {tuple(nulls.shape)} are "
+                "not an inversion's (1, C, h, w) / (steps, tokens, width)"
+            )
+        if not (torch.isfinite(latent).all() and torch.isfinite(nulls).all()):
+            raise ValueError(f"{path} holds NaN or infinite values: the file is damaged")
+        if inversion.method not in METHODS or inversion.steps_offset not in (0, 1):
+            raise ValueError(
+                f"{path}: unknown method {inversion.method!r} or steps_offset {inversion.steps_offset}"
+            )
+        finite(inversion.guidance_scale, f"{path}: guidance_scale")
+        return inversion
 
 
 def invert(
@@ -100,12 +162,25 @@ def invert(
     """Image (path, PIL, or (1, 3, H, W) tensor in [-1, 1]) + its prompt -> Inversion."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
-    if not prompt or not prompt.strip():
+    if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(
             "inversion needs the prompt that describes the image (an empty prompt inverts poorly)"
         )
+    steps = whole(steps, "steps", 1, TRAIN_STEPS)
+    guidance_scale, early_stop = finite(guidance_scale, "guidance_scale"), finite(early_stop, "early_stop")
+    inner_steps, steps_offset = (
+        whole(inner_steps, "inner_steps", 0),
+        whole(steps_offset, "steps_offset", 0, 1),
+    )
     if not isinstance(image, torch.Tensor):
         image = to_tensor(load_image(image, pipe.config.image_size))
+    if image.dim() != 4 or image.shape[:2] != (1, 3) or not image.is_floating_point():
+        raise ValueError(
+            f"give the image as a path, a PIL image or a (1, 3, H, W) float tensor, not a tensor of "
+            f"shape {tuple(image.shape)} ({image.dtype})"
+        )
+    if not torch.isfinite(image).all():
+        raise ValueError("the image tensor holds NaN or infinite values")
     pipe.check_size(image.shape[2], image.shape[3])
     ddim = DDIM(steps, steps_offset, pipe.config.prediction)
     cond, null = pipe.encode_prompts([prompt]), pipe.encode_prompts([""])
@@ -123,7 +198,9 @@ def invert(
         nulls = null_text_optimisation(
             pipe, ddim, trajectory, cond, null, guidance_scale, inner_steps, early_stop, progress
         )
-    return Inversion(trajectory[-1], nulls.clone(), prompt, method, guidance_scale, steps_offset, trajectory)
+    return Inversion(
+        trajectory[-1], nulls.clone(), prompt, method, guidance_scale, steps_offset, pipe.probe(), trajectory
+    )
 
 
 def null_text_optimisation(

@@ -18,6 +18,7 @@ from . import defaults
 from .align import MAX_TOKENS, clean, equalizer, refinement_mapper, replacement_mapper, word_token_indices
 from .attention import Controller, Place, conditional_half
 from .blend import LocalBlend, map_factor
+from .checks import in_range, short
 from .store import AttentionStore
 
 
@@ -88,11 +89,8 @@ class Edit(Controller):
     ):
         if len(prompts) < 2:
             raise ValueError("an edit needs the source prompt and at least one target prompt")
-        if not 0 < self_max_fraction <= 1:
-            raise ValueError(
-                f"self_max_fraction is the largest self-attention map replaced, as a fraction of the latent "
-                f"size, in (0, 1] (0.25: 16x16 of a 64x64 latent; 1: every size), not {self_max_fraction!r}"
-            )
+        # the largest self-attention map replaced, as a fraction of the latent (0.25: 16x16 of 64x64; 1: all)
+        self_max_fraction = in_range(self_max_fraction, "self_max_fraction", 0, 1, low_open=True)
         self.prompts, self.tokenizer = list(prompts), tokenizer
         self.self_window = check_window(self_replace_steps, "self_replace_steps")
         self.cross_windows = cross_windows(self.prompts, tokenizer, cross_replace_steps)
@@ -225,13 +223,15 @@ def default_edit_kind(source: str, target: str, reweight: dict | None = None) ->
 
 
 def blend_words(words, prompts) -> list:
-    """LocalBlend words given once for both prompts -> the words of each prompt (its first word if it has none
-    of them); an error names words in neither prompt."""
+    """LocalBlend words given once for both prompts -> the words of each prompt (none for a prompt that has
+    none of them: its region is then the other prompt's); an error names words in neither prompt."""
+    if isinstance(words, str) or not all(isinstance(w, str) for w in words):
+        raise ValueError(f"blend takes a list of words, not {words!r}")
     per_prompt = [[w for w in words if clean(w) in map(clean, p.split())] for p in prompts]
     missing = [w for w in words if not any(w in ws for ws in per_prompt)]
     if missing:
-        raise ValueError(f"blend word(s) {missing} are in neither prompt: {prompts}")
-    return [ws or [0] for ws in per_prompt]
+        raise ValueError(f"blend word(s) {missing} are in neither prompt: {[short(p) for p in prompts]}")
+    return per_prompt
 
 
 def make_edit(

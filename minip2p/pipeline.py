@@ -10,7 +10,9 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import defaults
 from .attention import Controller
-from .ddim import DDIM, guided
+from .checks import SEED_LIMIT, finite, in_range, short, whole
+from .checks import seed as check_seed
+from .ddim import DDIM, TRAIN_STEPS, guided
 from .diffusers_folder import read_diffusers_folder
 from .images import to_pil, to_tensor
 from .inversion import Inversion, invert
@@ -48,13 +50,28 @@ def check_device(device) -> torch.device:
     return device
 
 
+def check_prompts(prompts) -> list:
+    """A prompt or a list of prompts -> a non-empty list of strings."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"give a prompt, or a list of prompts (strings), not {short(prompts)}")
+    return list(prompts)
+
+
+def check_dtype(dtype) -> torch.dtype:
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch dtype (torch.float32, ...), not {dtype!r}")
+    return dtype
+
+
 def load(path=None, *, device="cpu", dtype=torch.float32, prediction: str | None = None) -> "Pipeline":
     """Load a model: a single-file .safetensors (SD1.x, SD2.x, or ours), or a diffusers folder.
 
     path=None loads the bundled shapes-world model. `prediction` ("epsilon" or "v") overrides what the file
     says or implies: v-prediction (SD2 768-v models) is not visible in the weights.
     """
-    device = check_device(device)
+    device, dtype = check_device(device), check_dtype(dtype)
     path = Path(ckpt.BUNDLED_MODEL if path is None else path)
     tokenizer_dir = None
     if path.is_dir():
@@ -64,17 +81,18 @@ def load(path=None, *, device="cpu", dtype=torch.float32, prediction: str | None
         cfg = ckpt.infer_config(tensors, meta, path, prediction)
         unet_sd, vae_sd, text_sd = ckpt.split_parts(tensors, cfg)
         del tensors
-    with torch.device("meta"):
-        unet, vae = UNet(cfg.unet), VAE(cfg.vae)
-    text_encoder = build_text_encoder(cfg.text)
+    with torch.device("meta"):  # every part is checked against the file before any memory is taken
+        unet, vae, text_meta = UNet(cfg.unet), VAE(cfg.vae), build_text_encoder(cfg.text)
     prefixes = (ckpt.UNET_PREFIX, ckpt.VAE_PREFIX, ckpt.text_prefix(cfg))
-    parts = zip(
-        (unet_sd, vae_sd, text_sd), (unet, vae, text_encoder), ("UNet", "VAE", "text encoder"), prefixes
-    )
+    parts = zip((unet_sd, vae_sd, text_sd), (unet, vae, text_meta), ("UNet", "VAE", "text encoder"), prefixes)
     for sd, model, what, prefix in parts:
-        expected = {k: v.shape for k, v in model.state_dict().items()}
-        ckpt.check_state_dict(sd, expected, path, what, "" if path.is_dir() else prefix)
+        ckpt.check_state_dict(sd, model.state_dict(), path, what, "" if path.is_dir() else prefix)
     tokenizer = load_tokenizer(cfg.text, tokenizer_dir or TOKENIZER_DIR)
+    if len(tokenizer) > cfg.text.vocab_size:
+        raise ckpt.CheckpointError(
+            f"{path}: the tokenizer has {len(tokenizer)} tokens, the text encoder only {cfg.text.vocab_size}"
+        )
+    text_encoder = build_text_encoder(cfg.text)  # as large as the file's own tensors: they were checked
     unet.load_state_dict(ckpt.cast(unet_sd, dtype), strict=True, assign=True)
     vae.load_state_dict(ckpt.cast(vae_sd, dtype), strict=True, assign=True)
     text_encoder.load_state_dict(ckpt.cast(text_sd, dtype), strict=True)
@@ -93,6 +111,7 @@ class Pipeline:
     def to(self, device=None, dtype: torch.dtype | None = None) -> "Pipeline":
         """Move the models to a device and/or cast them to a dtype (in place) -> self."""
         device = None if device is None else check_device(device)
+        dtype = None if dtype is None else check_dtype(dtype)
         for m in (self.unet, self.vae, self.text_encoder):
             m.to(device=device, dtype=dtype).eval().requires_grad_(False)
         return self
@@ -105,6 +124,10 @@ class Pipeline:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
+    def probe(self) -> torch.Tensor:
+        """A few of the model's weights (64 of the UNet's last conv), to tell one model from another."""
+        return self.unet.out[2].weight.detach().flatten()[:64].float().cpu()
+
     @property
     def factor(self) -> int:
         """Pixels per latent cell (8 for SD)."""
@@ -112,6 +135,7 @@ class Pipeline:
 
     def encode_prompts(self, prompts) -> torch.Tensor:
         """Prompts -> (B, 77, D) text hidden states."""
+        prompts = check_prompts(prompts)
         ids = tokenize(self.tokenizer, prompts, self.config.text.max_length).to(self.device)
         return encode_text(self.text_encoder, ids, self.config.text.penultimate).to(self.dtype)
 
@@ -122,27 +146,52 @@ class Pipeline:
         """One (1, C, h, w) noise latent for a seed, drawn on the CPU: the same on every device."""
         return self.noise(seed, None, height, width)[0]
 
-    def check_size(self, height: int, width: int):
+    def check_size(self, height, width, max_size: int | None = None) -> tuple:
+        """Image sizes -> (height, width), checked: positive multiples of what the model needs, at most
+        max_size (by default 4x the model's own size: past it memory grows fast; going there is a choice)."""
         step = self.factor * 2 ** (len(self.config.unet.channel_mult) - 1)
+        limit = 4 * self.config.image_size if max_size is None else whole(max_size, "max_size")
         for name, v in (("height", height), ("width", width)):
-            if v <= 0 or v % step:
+            whole(v, name)
+            if v % step:
                 raise ValueError(
                     f"{name}={v}: image sizes must be positive multiples of {step} for this model "
                     f"(VAE factor {self.factor} x UNet factor {step // self.factor})"
                 )
+            if v > limit:
+                raise ValueError(
+                    f"{name}={v} is more than {limit}, 4x this model's {self.config.image_size} px; pass "
+                    f"max_size={v} (--max-size {v}) to go past it"
+                )
+        return height, width
 
     def noise(self, seed, generator, height, width) -> tuple:
         """The start latent (1, C, h, w) and the generator that later noise (eta) comes from. With neither
         seed nor generator, a seed is drawn and reported on stderr, so that a good image can be made again."""
         if generator is None:
             if seed is None:
-                seed = int(torch.randint(0, 2**31 - 1, ()))
+                seed = int(torch.randint(0, SEED_LIMIT, ()))
                 print(f"seed {seed} (drawn at random; pass seed={seed} to repeat)", file=sys.stderr)
-            generator = torch.Generator("cpu").manual_seed(seed)
+            generator = torch.Generator("cpu").manual_seed(check_seed(seed))
         shape = (1, *self.latent_shape(height, width))
-        return torch.randn(shape, generator=generator, device=generator.device).to(
-            self.device, self.dtype
-        ), generator
+        noise = torch.randn(shape, generator=generator, device=generator.device)
+        return noise.to(self.device, self.dtype), generator
+
+    def start_latents(self, prompts: int, seed, generator, latents, height, width) -> tuple:
+        """(prompts, C, h, w) start latents, one noise shared by all prompts; the generator of later noise."""
+        shape = self.latent_shape(height, width)
+        if latents is None:
+            latents, generator = self.noise(seed, generator, height, width)
+        elif generator is None:
+            generator = torch.Generator("cpu").manual_seed(check_seed(0 if seed is None else seed))
+        if tuple(latents.shape[1:]) != shape or latents.shape[0] not in (1, prompts):
+            raise ValueError(
+                f"latents must have shape (1 or {prompts}, {', '.join(map(str, shape))}), "
+                f"not {tuple(latents.shape)}"
+            )
+        if not torch.isfinite(latents).all():
+            raise ValueError("latents hold NaN or infinite values")
+        return latents.to(self.device, self.dtype).expand(prompts, *shape).clone(), generator
 
     @torch.no_grad()
     def sample(
@@ -162,56 +211,60 @@ class Pipeline:
         eta: float = defaults.ETA,
         steps_offset: int = 1,
         inversion: Inversion | None = None,
+        max_size: int | None = None,
     ) -> torch.Tensor:
         """The DDIM loop with classifier-free guidance -> final latents (B, C, h, w), in UNet (scaled) units.
 
         Every prompt starts from the same noise: `latents`, else drawn from `generator` or `seed`. With
         `inversion` (from `invert`), sampling starts from its noise and uses its per-step null embeddings,
         steps, guidance and schedule, so that the first prompt reconstructs the inverted image."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise ValueError("give at least one prompt")
+        prompts = check_prompts(prompts)
         if inversion is not None:
+            inversion.check(self, prompts[0])
             steps, guidance_scale, steps_offset, latents = inversion.settings(
                 steps, guidance_scale, negative_prompt
             )
             height, width = (s * self.factor for s in latents.shape[2:])
-        steps = defaults.STEPS if steps is None else steps
-        guidance_scale = defaults.GUIDANCE_SCALE if guidance_scale is None else guidance_scale
-        height = self.config.image_size if height is None else height
-        width = self.config.image_size if width is None else width
-        self.check_size(height, width)
+        steps = whole(defaults.STEPS if steps is None else steps, "steps", 1, TRAIN_STEPS)
+        guidance_scale = finite(
+            defaults.GUIDANCE_SCALE if guidance_scale is None else guidance_scale, "guidance"
+        )
+        eta = in_range(eta, "eta", 0.0, 1.0)
+        default = self.config.image_size
+        height = default if height is None else height
+        width = default if width is None else width
+        height, width = self.check_size(height, width, max_size)
         ddim = DDIM(steps, steps_offset, self.config.prediction)
         cond = self.encode_prompts(prompts)
         uncond = None if inversion is not None else self.encode_prompts([negative_prompt]).expand_as(cond)
-        shape = self.latent_shape(height, width)
-        if latents is None:
-            latents, generator = self.noise(seed, generator, height, width)
-        elif generator is None and eta > 0:
-            generator = torch.Generator("cpu").manual_seed(0 if seed is None else seed)
-        if tuple(latents.shape[1:]) != shape or latents.shape[0] not in (1, len(prompts)):
-            raise ValueError(
-                f"latents must have shape (1 or {len(prompts)}, {', '.join(map(str, shape))}), "
-                f"not {tuple(latents.shape)}"
-            )
-        x = latents.to(self.device, self.dtype).expand(len(prompts), *shape).clone()
+        x, generator = self.start_latents(len(prompts), seed, generator, latents, height, width)
         if controller is not None:
-            controller.start(steps, shape[1:], self.device)
+            controller.start(steps, x.shape[2:], self.device)
         for i, t in enumerate(tqdm(ddim.timesteps, desc="sampling", disable=not progress, leave=False)):
             if inversion is not None:
                 uncond = inversion.null_embeddings[i].to(cond).expand_as(cond)
-            if controller is not None:
-                controller.before_step(i)
-            out_uncond, out_cond = self.unet(
-                torch.cat([x, x]), t.to(self.device), torch.cat([uncond, cond]), controller
-            ).chunk(2)
-            out = guided(out_uncond, out_cond, guidance_scale)
-            noise = (
-                torch.randn(x.shape, generator=generator, device=generator.device).to(x) if eta > 0 else None
+            x = self.denoise_step(
+                ddim, i, t, x, torch.cat([uncond, cond]), guidance_scale, eta, generator, controller
             )
-            x = ddim.step(out, t, x, eta, noise)
-            if controller is not None:
-                x = controller.after_step(i, x)
+        return x
+
+    def denoise_step(
+        self, ddim, i, t, x, context, guidance_scale, eta, generator, controller
+    ) -> torch.Tensor:
+        """Step i: the controller's hooks around one UNet call on the guidance batch [x, x], then DDIM."""
+        if controller is not None:
+            controller.before_step(i)
+        out_uncond, out_cond = self.unet(torch.cat([x, x]), t.to(self.device), context, controller).chunk(2)
+        noise = torch.randn(x.shape, generator=generator, device=generator.device).to(x) if eta > 0 else None
+        x = ddim.step(guided(out_uncond, out_cond, guidance_scale), t, x, eta, noise)
+        if controller is not None:
+            x = controller.after_step(i, x)
+        if not torch.isfinite(x).all():
+            raise ValueError(
+                f"sampling gave NaN or infinite latents at step {i + 1} of {len(ddim.timesteps)}: the model "
+                f"overflowed (float16 does where bfloat16 and float32 do not: load with dtype=torch.float32) "
+                f"or a setting is extreme (guidance_scale={guidance_scale:g})"
+            )
         return x
 
     @torch.no_grad()

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .checks import short
+
 SIZE = 64
 COLOURS = {
     "red": (220, 30, 30),
@@ -62,7 +64,7 @@ def parse(prompt):
                 or phrase[1] not in BACKGROUNDS
                 or phrase[2] != "background"
             ):
-                raise ValueError(f"{prompt!r}: expected 'on a <{'|'.join(BACKGROUNDS)}> background'")
+                raise ValueError(f"{short(prompt)}: expected 'on a <{'|'.join(BACKGROUNDS)}> background'")
             spec.background = phrase[1]
             i += 3
         elif w in COLOURS:
@@ -74,12 +76,12 @@ def parse(prompt):
             obj = None
         else:
             raise ValueError(
-                f"{prompt!r}: unknown word {w!r}; the shapes world knows colours {list(COLOURS)}, "
+                f"{short(prompt)}: unknown word {w!r}; the shapes world knows colours {list(COLOURS)}, "
                 f"shapes {list(SHAPES)} (or 'shape'), backgrounds {list(BACKGROUNDS)}"
             )
         i += 1
     if not 1 <= len(spec.objects) <= 2 or obj is not None:
-        raise ValueError(f"{prompt!r}: describe 1 or 2 objects, each ending in a shape word")
+        raise ValueError(f"{short(prompt)}: describe 1 or 2 objects, each ending in a shape word")
     return spec
 
 

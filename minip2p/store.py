@@ -5,6 +5,7 @@ import torch
 
 from . import defaults
 from .attention import Controller, Place, conditional_half
+from .files import atomic_write
 
 
 class AttentionStore(Controller):
@@ -86,4 +87,5 @@ class AttentionStore(Controller):
         arrays = {k: self.mean(k).cpu().numpy() for k in self.sums}
         for i, step in enumerate(self.history):
             arrays.update({f"step{i}/{k}": v.cpu().numpy() for k, v in step.items()})
-        np.savez_compressed(path, latent_hw=np.array(self.latent_hw), **arrays)
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy adds no ".npz"
+            np.savez_compressed(f, latent_hw=np.array(self.latent_hw), **arrays)

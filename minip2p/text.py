@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-TOKENIZER_DIR = (
-    files("minip2p") / "data" / "tokenizer"
-)  # the CLIP BPE vocabulary of SD1 and SD2 (package data)
+from .checks import short
+
+# the CLIP BPE vocabulary of SD1 and SD2 (package data: in the wheel too)
+TOKENIZER_DIR = files("minip2p") / "data" / "tokenizer"
 
 
 @dataclass
@@ -78,7 +79,7 @@ def token_ids(tokenizer, prompt: str, max_length: int = 77) -> list:
     if len(ids) > max_length:
         raise ValueError(
             f"prompt has {len(ids)} tokens, more than the {max_length} the text encoder takes "
-            f"(start and end included); shorten it: {prompt!r}"
+            f"(start and end included); shorten it: {short(prompt)}"
         )
     return ids
 

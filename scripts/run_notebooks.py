@@ -14,6 +14,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from minip2p.files import atomic_write
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -41,7 +43,8 @@ def main():
         t0 = time.time()
         nb = execute(path)
         if not args.check:
-            nbformat.write(nb, str(path))
+            with atomic_write(path) as tmp:
+                nbformat.write(nb, str(tmp))
         print(f"{path}: executed in {time.time() - t0:.0f} s, {images(nb)} images")
 
 

@@ -24,6 +24,7 @@ from minip2p import VAE, ModelConfig, TextConfig, UNet, UNetConfig, VAEConfig, s
 from minip2p.checkpoint import BUNDLED_MODEL
 from minip2p.ddim import DDIM
 from minip2p.evaluation import psnr
+from minip2p.files import atomic_write
 from minip2p.images import to_tensor
 from minip2p.text import build_text_encoder, load_tokenizer, tokenize
 
@@ -64,9 +65,8 @@ def scenes(n, seed, p_omit=0.0):
 
 
 def save_state(path, model, opt, step, extra=None):
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, **(extra or {})}, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, **(extra or {})}, tmp)
 
 
 def load_state(path):
@@ -131,11 +131,9 @@ def encode_latents(args, run):
     lat = torch.cat(lat)
     idx = torch.cat([torch.arange(i, min(i + 256, len(imgs))).repeat(2) for i in range(0, len(imgs), 256)])
     scale = 1.0 / lat.std().item()
-    save_file(
-        {"latents": lat.contiguous(), "scene": idx},
-        str(run / "latents.safetensors"),
-        metadata={"specs": json.dumps(specs), "scale": str(scale)},
-    )
+    with atomic_write(run / "latents.safetensors") as tmp:
+        metadata = {"specs": json.dumps(specs), "scale": str(scale)}
+        save_file({"latents": lat.contiguous(), "scene": idx}, str(tmp), metadata=metadata)
     log(
         run,
         f"encoded {len(lat)} latents of {len(imgs)} scenes; latent std {1 / scale:.4f} -> scale {scale:.4f}",

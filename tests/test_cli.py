@@ -152,7 +152,7 @@ def test_edit_a_real_image(small_ckpt, tmp_path, capsys):
         (["--reweight", "red"], "error: --reweight 'red': write WORD=SCALE"),
         (["--self-size", "0"], "self_max_fraction"),
         (["--device", "gpu"], "error: device 'gpu' is not a device name"),
-        (["--out", "edit.txt"], "error: --out edit.txt: give an image file name"),
+        (["--out", "edit.txt"], "error: edit.txt: give a file name ending in .png"),
         (["--weights", "missing.safetensors"], "error: checkpoint not found: missing.safetensors"),
         # the edit's words are checked before the (slow) inversion of --image: here before the image is read
         (["--image", "missing.png", "--blend", "dog"], "error: blend word(s) ['dog']"),

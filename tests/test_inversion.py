@@ -43,7 +43,7 @@ def test_load_image_errors(tmp_path):
         load_image(tmp_path / "bad.png", 64)
     with pytest.raises(ValueError, match="leaves nothing"):
         load_image(Image.new("RGB", (10, 10)), 8, crop=(5, 5, 0, 0))
-    with pytest.raises(ValueError, match="size must be positive"):
+    with pytest.raises(ValueError, match="size must be >= 1, not 0"):
         load_image(Image.new("RGB", (10, 10)), 0)
 
 

@@ -69,7 +69,7 @@ def test_bad_latents_and_prompts(pipe):
         pipe.sample(["a", "b"], latents=torch.zeros(1, 4, 16, 16), steps=1)
     with pytest.raises(ValueError, match="prompt has 102 tokens, more than the 77"):
         pipe.sample(["cat " * 100], steps=1)
-    with pytest.raises(ValueError, match="at least one prompt"):
+    with pytest.raises(ValueError, match="give a prompt, or a list of prompts"):
         pipe.sample([], steps=1)
     with pytest.raises(TypeError):
         pipe.generate(["a cat"], 1)  # options are keyword-only: a seed passed by position is an error

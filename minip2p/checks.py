@@ -1,0 +1,47 @@
+"""Checks of what a user passes in, each failing with one line that names the value and says what to give.
+
+Every number that reaches the sampler, a controller or a file goes through one of these first: a NaN guidance
+scale would otherwise come out as a black picture, a huge size as an out-of-memory crash after a long wait.
+"""
+
+import math
+import numbers
+
+# torch's CPU generator (mt19937) keeps the low 32 bits of a seed: larger seeds would give the same noise
+SEED_LIMIT = 2**32
+
+
+def short(text: str, limit: int = 80) -> str:
+    """A user's text, cut for an error message (a 50,000-character prompt is not echoed whole)."""
+    text = str(text)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def finite(value, name: str) -> float:
+    """A real number that is not NaN or infinite."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, not {value!r}")
+    return float(value)
+
+
+def in_range(value, name: str, low: float, high: float, low_open: bool = False) -> float:
+    """A finite number in [low, high] (or (low, high] with low_open)."""
+    value = finite(value, name)
+    if not (low < value <= high if low_open else low <= value <= high):
+        raise ValueError(f"{name} must be in {'(' if low_open else '['}{low:g}, {high:g}], not {value:g}")
+    return value
+
+
+def whole(value, name: str, low: int = 1, high: int | None = None) -> int:
+    """An integer in [low, high] (booleans and floats are refused: 2.5 steps is a mistake, not 2)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a whole number, not {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ValueError(f"{name} must be {bounds}, not {value}")
+    return int(value)
+
+
+def seed(value) -> int:
+    """A seed: 0 <= seed < 2**32, each giving its own noise."""
+    return whole(value, "seed", 0, SEED_LIMIT - 1)
