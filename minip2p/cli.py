@@ -9,6 +9,7 @@ import torch
 from . import __version__, defaults
 from .files import IMAGE_SUFFIXES, check_output, save_image
 from .images import load_image
+from .inversion import METHODS
 from .p2p import AttentionStore, default_edit_kind, make_edit
 from .pipeline import load
 from .viz import cross_attention_grid, image_grid
@@ -239,7 +240,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--image", help="edit this image (it is inverted first; --prompt must describe it)")
     e.add_argument(
         "--invert",
-        choices=["null-text", "negative-prompt", "ddim"],
+        choices=METHODS,
         default=defaults.INVERSION_METHOD,
         help="inversion method for --image",
     )

@@ -6,6 +6,9 @@
   text embedding so that guided sampling (guidance 7.5) retraces the inverted trajectory.
 - Negative-prompt inversion (Miyake et al. 2023): use the prompt's own embedding as the null embedding; no
   optimisation. With it, guided sampling is conditional sampling, which retraces DDIM inversion approximately.
+- Direct Inversion (Ju et al. 2024, "PnP Inversion"): DDIM inversion, then, while editing, put the source
+  branch back on the inverted trajectory after every step (the official code adds each step's precomputed
+  offset to it: the same thing). The source reconstructs exactly; the target branches are edited as usual.
 """
 
 import json
@@ -24,7 +27,7 @@ from .ddim import DDIM, TRAIN_STEPS, guided
 from .files import atomic_write
 from .images import load_image, to_tensor
 
-METHODS = ("null-text", "negative-prompt", "ddim")
+METHODS = ("null-text", "negative-prompt", "ddim", "direct")
 META_KEY = "minip2p_inversion"
 
 
@@ -41,7 +44,12 @@ class Inversion:
     probe: torch.Tensor | None = (
         None  # a few of the model's weights (Pipeline.probe): which model inverted it
     )
-    trajectory: list | None = None  # x_0 ... x_T of DDIM inversion (not saved)
+    trajectory: torch.Tensor | None = None  # (steps + 1, 1, C, h, w): x_0 ... x_T (saved for "direct")
+
+    def source_latent(self, i: int) -> torch.Tensor | None:
+        """Direct Inversion: where the source branch must be after sampling step i (the inverted trajectory's
+        latent one level less noisy); None for the other methods, whose source branch runs free."""
+        return self.trajectory[-2 - i] if self.method == "direct" else None
 
     @property
     def steps(self) -> int:
@@ -92,6 +100,8 @@ class Inversion:
         tensors = {"latent": self.latent, "null_embeddings": self.null_embeddings}
         if self.probe is not None:
             tensors["probe"] = self.probe
+        if self.method == "direct":
+            tensors["trajectory"] = self.trajectory
         with atomic_write(path) as tmp:
             save_file(
                 {k: v.contiguous() for k, v in tensors.items()},
@@ -138,6 +148,13 @@ class Inversion:
             )
         if not (torch.isfinite(latent).all() and torch.isfinite(nulls).all()):
             raise ValueError(f"{path} holds NaN or infinite values: the file is damaged")
+        if inversion.method == "direct":
+            inversion.trajectory = tensors.get("trajectory")
+            want = (inversion.steps + 1, *latent.shape)
+            if inversion.trajectory is None or tuple(inversion.trajectory.shape) != want:
+                raise ValueError(f"{path}: a direct inversion needs its trajectory, of shape {want}")
+            if not torch.isfinite(inversion.trajectory).all():
+                raise ValueError(f"{path} holds NaN or infinite values: the file is damaged")
         if inversion.method not in METHODS or inversion.steps_offset not in (0, 1):
             raise ValueError(
                 f"{path}: unknown method {inversion.method!r} or steps_offset {inversion.steps_offset}"
@@ -190,7 +207,7 @@ def invert(
         for t in tqdm(ddim.timesteps.flip(0), desc="DDIM inversion", disable=not progress, leave=False):
             x = ddim.inverse_step(pipe.unet(x, t.to(pipe.device), cond), t, x)  # ascending: x_0 -> x_T
             trajectory.append(x)
-    if method == "ddim":
+    if method in ("ddim", "direct"):
         nulls = null.expand(steps, -1, -1)
     elif method == "negative-prompt":
         nulls = cond.expand(steps, -1, -1)
@@ -198,6 +215,7 @@ def invert(
         nulls = null_text_optimisation(
             pipe, ddim, trajectory, cond, null, guidance_scale, inner_steps, early_stop, progress
         )
+    trajectory = torch.stack(trajectory)
     return Inversion(
         trajectory[-1], nulls.clone(), prompt, method, guidance_scale, steps_offset, pipe.probe(), trajectory
     )

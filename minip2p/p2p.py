@@ -36,9 +36,11 @@ def check_window(fractions, what: str) -> tuple:
     return start, end
 
 
-def step_window(window: tuple, steps: int) -> tuple:
-    """Fractions (start, end) of `steps` -> (first step, end step), end excluded."""
-    return int(window[0] * steps), int(window[1] * steps)
+def step_window(window: tuple, rows: int) -> tuple:
+    """Fractions (start, end) of a table of `rows` steps -> (first step, end step), end excluded. The
+    official code's tables: steps rows for self-attention, steps + 1 for cross-attention (so that at 50 steps
+    a cross window of 0.51 ends after step 26, not 25)."""
+    return int(window[0] * rows), int(window[1] * rows)
 
 
 def cross_windows(prompts, tokenizer, cross_replace_steps) -> list:
@@ -60,10 +62,11 @@ def cross_windows(prompts, tokenizer, cross_replace_steps) -> list:
 
 
 def cross_alphas(windows: list, targets: int, steps: int) -> torch.Tensor:
-    """(steps, targets, 77): 1 where a target's token takes the source's map at a step (see cross_windows)."""
-    alphas = torch.zeros(steps, targets, MAX_TOKENS)
+    """(steps + 1, targets, 77): 1 where a target's token takes the source's map at a step (cross_windows);
+    one row more than steps, as the official code's table (ptp_utils.get_time_words_attention_alpha)."""
+    alphas = torch.zeros(steps + 1, targets, MAX_TOKENS)
     for p, idx, window in windows:
-        a, b = step_window(window, steps)
+        a, b = step_window(window, steps + 1)
         if p is None:
             alphas[a:b] = 1
         else:

@@ -241,22 +241,27 @@ class Pipeline:
         if controller is not None:
             controller.start(steps, x.shape[2:], self.device)
         for i, t in enumerate(tqdm(ddim.timesteps, desc="sampling", disable=not progress, leave=False)):
+            source = None
             if inversion is not None:
                 uncond = inversion.null_embeddings[i].to(cond).expand_as(cond)
-            x = self.denoise_step(
-                ddim, i, t, x, torch.cat([uncond, cond]), guidance_scale, eta, generator, controller
-            )
+                source = inversion.source_latent(i)
+            context = torch.cat([uncond, cond])
+            x = self.denoise_step(ddim, i, t, x, context, guidance_scale, eta, generator, controller, source)
         return x
 
     def denoise_step(
-        self, ddim, i, t, x, context, guidance_scale, eta, generator, controller
+        self, ddim, i, t, x, context, guidance_scale, eta, generator, controller, source=None
     ) -> torch.Tensor:
-        """Step i: the controller's hooks around one UNet call on the guidance batch [x, x], then DDIM."""
+        """Step i: the controller's hooks around one UNet call on the guidance batch [x, x], then DDIM. With
+        `source` (Direct Inversion), the source branch is put there before the controller sees the step, so
+        that LocalBlend copies the exact reconstruction."""
         if controller is not None:
             controller.before_step(i)
         out_uncond, out_cond = self.unet(torch.cat([x, x]), t.to(self.device), context, controller).chunk(2)
         noise = torch.randn(x.shape, generator=generator, device=generator.device).to(x) if eta > 0 else None
         x = ddim.step(guided(out_uncond, out_cond, guidance_scale), t, x, eta, noise)
+        if source is not None:
+            x[:1] = source.to(x)
         if controller is not None:
             x = controller.after_step(i, x)
         if not torch.isfinite(x).all():

@@ -24,13 +24,28 @@ def test_cross_alphas_float_pair_and_dict(tokenizer):
     def alphas(spec):
         return cross_alphas(cross_windows(P, tokenizer, spec), 1, 10)
 
-    assert alphas(0.8)[:, 0, 0].tolist() == [1] * 8 + [0] * 2
-    assert alphas((0.2, 0.5))[:, 0, 5].tolist() == [0, 0, 1, 1, 1, 0, 0, 0, 0, 0]
+    assert alphas(0.8)[:, 0, 0].tolist() == [1] * 8 + [0] * 3  # steps + 1 rows, as the official table
+    assert alphas((0.2, 0.5))[:, 0, 5].tolist() == [0, 0, 1, 1, 1] + [0] * 6
     a = alphas({"default_": 1.0, "square": (0.0, 0.3)})
-    assert a.shape == (10, 1, 77)
-    assert a[:, 0, 3].tolist() == [1, 1, 1] + [0] * 7 and a[:, 0, 2].eq(1).all()
+    assert a.shape == (11, 1, 77)
+    assert a[:, 0, 3].tolist() == [1, 1, 1] + [0] * 8 and a[:, 0, 2].eq(1).all()
     with pytest.raises(ValueError, match="'triangle' is not a word"):
         cross_windows(P, tokenizer, {"triangle": 0.5})
+
+
+@pytest.mark.parametrize("steps", [10, 50, 100])
+def test_step_windows_are_the_official_ones(tokenizer, steps):
+    """Every fraction 0.00..1.00, against the official code's formulas written out: the cross-attention table
+    has steps + 1 rows and a window (0, f) ends at int(f * (steps + 1)) (ptp_utils.update_alpha_time_word);
+    the self-attention window ends at int(steps * f) (AttentionControlEdit.num_self_replace)."""
+    for k in range(101):
+        f = k / 100
+        official = torch.zeros(steps + 1)
+        official[: int(f * (steps + 1))] = 1
+        assert torch.equal(cross_alphas(cross_windows(P, tokenizer, f), 1, steps)[:, 0, 0], official), f
+        edit = Replace(P, tokenizer, self_replace_steps=f)
+        edit.start(steps, (64, 64))
+        assert edit.self_steps == (0, int(steps * f)), f
 
 
 def test_bad_edits_fail_before_any_work(tokenizer):
