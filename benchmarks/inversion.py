@@ -37,7 +37,8 @@ from minip2p.evaluation import (
 )
 from minip2p.testing import write_checkpoint
 
-METHODS = ("ddim", "negative-prompt", "null-text")
+METHODS = ("ddim", "negative-prompt", "null-text", "direct")
+EDIT_METHODS = ("null-text", "negative-prompt", "direct")  # inversions to edit from (--edit-methods)
 
 
 def shapes_model(pipe, args):
@@ -72,39 +73,33 @@ EDITS = {
 
 
 def colour_edits(pipe, args):
-    """The red -> blue circle edit after null-text inversion, per background; then the same edit on images the
+    """The red -> blue circle edit after each inversion, per background; then the same edit on images the
     model generated itself (seed noise, no inversion), to tell the inversion's share of a failure from the
     model's."""
     n = args.edit_scenes or args.scenes
-    scores = {
-        name: [] for name in EDITS
-    }  # per scene: (background, turned blue, rest PSNR, rest PSNR with the rim)
+    methods = args.edit_methods.split(",")
+    scores = {(m, name): [] for m in methods for name in EDITS}  # (background, turned, rest, rest with rim)
     for k in range(n):
         img, source, target, circle = colour_edit_scene(k)
-        inv = pipe.invert(Image.fromarray(img), source, method="null-text", steps=args.steps, progress=False)
-        for name, edited in edited_circles(pipe, source, target, inversion=inv).items():
-            scores[name].append(
-                (
-                    shapes.parse(source).background,
-                    turned(edited, circle),
-                    psnr(edited, img, away_from(circle)),
-                    psnr(edited, img, ~circle),
-                )
-            )
+        for m in methods:
+            inv = pipe.invert(Image.fromarray(img), source, method=m, steps=args.steps, progress=False)
+            for name, edited in edited_circles(pipe, source, target, inversion=inv).items():
+                rest, rim = psnr(edited, img, away_from(circle)), psnr(edited, img, ~circle)
+                scores[m, name].append((shapes.parse(source).background, turned(edited, circle), rest, rim))
     print(
-        "\nedit after null-text inversion, 'a red circle ...' -> 'a blue circle ...' (Replace, LocalBlend on"
-        f" 'circle'), {n} scenes; the rest: pixels over 2 px from the circle, and with its redrawn rim"
+        "\nedit after inversion, 'a red circle ...' -> 'a blue circle ...' (Replace, LocalBlend on "
+        f"'circle'), {n} scenes; the rest: pixels over 2 px from the circle, and with its redrawn rim"
     )
     columns = ("circle turned blue", "on black / white / gray", "PSNR of the rest (mean, min, >= 25 dB)")
-    print(header("self-attention kept", *columns, "with the rim"))
-    for name, rows in scores.items():
+    print(header("inversion", "self-attention kept", *columns, "with the rim", "rest: black / white / gray"))
+    for (m, name), rows in scores.items():
         bgs = np.array([r[0] for r in rows])
         changed, rest, rim = (np.array(c, float) for c in list(zip(*rows))[1:])
-        per_bg = " / ".join(
-            f"{int(changed[bgs == b].sum())}/{int((bgs == b).sum())}" for b in ("black", "white", "gray")
-        )
+        backgrounds = ("black", "white", "gray")
+        per_bg = " / ".join(f"{int(changed[bgs == b].sum())}/{int((bgs == b).sum())}" for b in backgrounds)
+        rest_bg = " / ".join(f"{rest[bgs == b].mean():.1f}" for b in backgrounds)
         kept = f"{rest.mean():.2f} dB, {rest.min():.2f}, {100 * np.mean(rest >= 25):.0f}%"
-        print(row(name, f"{100 * changed.mean():.0f}%", per_bg, kept, f"{rim.mean():.2f} dB"))
+        print(row(m, name, f"{100 * changed.mean():.0f}%", per_bg, kept, f"{rim.mean():.2f} dB", rest_bg))
     print(
         "\nthe same edit on generated images (seed noise, no inversion): "
         f"{args.control} seeds per background whose image shows the red circle"
@@ -218,7 +213,7 @@ def full_sd1_costs(pipe, steps, inner, dtype):
     )
     print(
         row(
-            "Replace + LocalBlend edit from the null-text inversion (2 images)",
+            f"Replace + LocalBlend edit from the {METHODS[-1]} inversion (2 images)",
             f"{dt:.1f} s",
             f"{peak:.0f} MiB",
         )
@@ -232,6 +227,7 @@ def main():
     p.add_argument("--steps", type=int, default=defaults.STEPS)
     p.add_argument("--guidance", type=float, default=defaults.GUIDANCE_SCALE)
     p.add_argument("--edit-scenes", type=int, default=0, help="scenes for the colour edit (0: --scenes)")
+    p.add_argument("--edit-methods", default=",".join(EDIT_METHODS), help="inversions to edit from")
     p.add_argument(
         "--control", type=int, default=5, help="generated images per background for the edit's control"
     )

@@ -113,8 +113,7 @@ def refinement_mapper(source, target, tokenizer):
             b += 1  # y[b] is new in the target
         else:
             a += 1  # x[a] was dropped from the source
-    tail = torch.arange(m, MAX_TOKENS)
-    mapper[m:] = (n + tail - m).clamp(max=MAX_TOKENS - 1)  # padding after the end token, aligned on it
+    mapper[m:] = torch.arange(m, MAX_TOKENS)  # padding position for position, as the official get_mapper
     alphas[m:] = 1.0
     return mapper, alphas
 

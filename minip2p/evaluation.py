@@ -37,6 +37,14 @@ SWAPS = [
     ),
 ]
 
+# Refine: a colour word added to a one-object prompt, on each background
+REFINES = [
+    ("a circle on a black background", "a yellow circle on a black background", 0),
+    ("a square on a white background", "a red square on a white background", 0),
+    ("a triangle on a gray background", "a green triangle on a gray background", 0),
+    ("a circle on a white background", "a blue circle on a white background", 0),
+]
+
 REWEIGHT_PROMPT = "a red circle and a blue square on a white background"
 REWEIGHT_SHOWS = {
     "blue square": ("blue", "square"),
@@ -72,8 +80,8 @@ def centre(mask: np.ndarray) -> np.ndarray:
 
 
 def find(found, obj):
-    """The analysed object with an Obj's colour and shape, else None."""
-    return next((f for f in found if (f.colour, f.shape) == (obj.colour, obj.shape)), None)
+    """The analysed object with an Obj's colour and shape (either may be left open: None), else None."""
+    return next((f for f in found if obj.colour in (None, f.colour) and obj.shape in (None, f.shape)), None)
 
 
 def shows(image, spec) -> dict:
@@ -108,20 +116,32 @@ def edit_scores(source_image, edited_image, source: str, target: str, k: int) ->
     }
 
 
+def edit_variants(
+    pipe, source: str, target: str, k: int, seed: int, variants: dict, **generate
+) -> dict | None:
+    """Edits of object k from `seed`, one per variant ({name: options of `pipe.edit`, or None for plain
+    generation of the target from the same noise}; the first must be an edit: its source image is the one all
+    are scored against) -> {name: edit_scores}, or None if the source image does not show its prompt."""
+    images, src = {}, None
+    for name, options in variants.items():
+        if options is None:
+            images[name] = pipe.generate([target], seed=seed, **generate)[0]
+            continue
+        first, images[name] = pipe.edit(source, target, seed=seed, **options, **generate)
+        if src is None:
+            src = first
+            if edit_scores(src, src, source, source, k) is None:
+                return None
+    return {name: edit_scores(src, image, source, target, k) for name, image in images.items()}
+
+
 def swap_edit(pipe, seed: int, **generate) -> dict | None:
-    """Word swap SWAPS[seed % 4] from `seed`, scored three ways -> None if the source image does not show its
-    prompt, else {"Replace": scores, "plain target": scores, "Replace + LocalBlend": scores} (see
-    edit_scores): the edit, plain generation of the target from the same noise, and the edit confined to the
-    object's words."""
+    """Word swap SWAPS[seed % 4] from `seed`, scored three ways (see edit_variants): the edit, plain
+    generation of the target from the same noise, and the edit confined to the object's words."""
     source, target, k = SWAPS[seed % len(SWAPS)]
     words = sorted({shapes.parse(source).objects[k].shape, shapes.parse(target).objects[k].shape})
-    src, replaced = pipe.edit(source, target, seed=seed, **generate)
-    if edit_scores(src, src, source, source, k) is None:
-        return None
-    plain = pipe.generate([target], seed=seed, **generate)[0]
-    blended = pipe.edit(source, target, seed=seed, blend=words, **generate)[1]
-    made = {"Replace": replaced, "plain target": plain, "Replace + LocalBlend": blended}
-    return {name: edit_scores(src, image, source, target, k) for name, image in made.items()}
+    variants = {"Replace": {}, "plain target": None, "Replace + LocalBlend": {"blend": words}}
+    return edit_variants(pipe, source, target, k, seed, variants, **generate)
 
 
 def reweight_shown(pipe, word: str, scale: float, seeds, **generate) -> dict:

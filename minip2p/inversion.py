@@ -102,12 +102,9 @@ class Inversion:
             tensors["probe"] = self.probe
         if self.method == "direct":
             tensors["trajectory"] = self.trajectory
+        tensors = {k: v.clone().contiguous() for k, v in tensors.items()}  # latent is a view of trajectory
         with atomic_write(path) as tmp:
-            save_file(
-                {k: v.contiguous() for k, v in tensors.items()},
-                str(tmp),
-                metadata={META_KEY: json.dumps(meta)},
-            )
+            save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
 
     @classmethod
     def load(cls, path) -> "Inversion":

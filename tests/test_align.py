@@ -60,7 +60,9 @@ def test_refinement_inserted_word(tokenizer):
     mapper, alphas = refinement_mapper("a cat", "a fluffy cat", tokenizer)
     assert mapper[:5].tolist()[:2] == [0, 1] and mapper[3] == 2 and mapper[4] == 3
     assert alphas[:5].tolist() == [1, 1, 0, 1, 1]
-    assert mapper[5] == 4 and mapper[76] == 75 and alphas[5:].eq(1).all()
+    # padding position for position, as the official code (seq_aligner.get_mapper): our earlier map aligned it
+    # on the end token; on the bundled model that moved added-word edits more (docs/RESULTS.md, Refine)
+    assert mapper[5:].tolist() == list(range(5, 77)) and alphas[5:].eq(1).all()
 
 
 def test_refinement_appended_words_match_the_earliest_tokens(tokenizer):

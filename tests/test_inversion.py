@@ -7,7 +7,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import minip2p
-from minip2p import Inversion, Replace
+from minip2p import Inversion, LocalBlend, Replace
 from minip2p.ddim import DDIM
 from minip2p.images import load_image
 
@@ -128,3 +128,39 @@ def test_null_text_in_fp16_optimises_an_fp32_copy(small_ckpt, image):
             (pipe16.sample(["a red circle"], inversion=inv, progress=False).float() - target).pow(2).mean()
         )
     assert errs["null-text"] < errs["ddim"], errs
+
+
+def test_direct_inversion_reconstructs_exactly_at_the_cost_of_ddim_inversion(pipe, image, tmp_path):
+    """Direct Inversion puts the source branch back on the inverted trajectory after every step: the source
+    comes out as the image's own latent, bit for bit, edited or not, and inverting costs the UNet calls of
+    DDIM inversion and no more."""
+    calls = []
+    hook = pipe.unet.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        ddim = pipe.invert(image, "a red circle", method="ddim", steps=10, progress=False)
+        n_ddim = len(calls)
+        inv = pipe.invert(image, "a red circle", method="direct", steps=10, progress=False)
+        assert len(calls) - n_ddim == n_ddim
+    finally:
+        hook.remove()
+    assert torch.equal(inv.latent, ddim.latent)
+    x0 = pipe.encode(image)
+    assert torch.equal(pipe.sample(["a red circle"], inversion=inv, progress=False), x0)
+    prompts = ["a red circle", "a blue circle"]
+    edited = pipe.sample(prompts, inversion=inv, controller=Replace(prompts, pipe.tokenizer), progress=False)
+    assert torch.equal(edited[0], x0[0]) and (edited[1] - x0[0]).abs().max() > 0.1
+    inv.save(tmp_path / "direct.safetensors")
+    back = Inversion.load(tmp_path / "direct.safetensors")
+    assert back.method == "direct" and torch.equal(back.trajectory, inv.trajectory)
+
+
+def test_direct_inversion_blends_on_the_exact_reconstruction(pipe, image):
+    """The source branch is put back on the trajectory before LocalBlend copies it: with an all-zeros mask the
+    edited branch ends as the image's own latent too (the official code adds the offset after blending)."""
+    inv = pipe.invert(image, "a red circle", method="direct", steps=5, progress=False)
+    prompts = ["a red circle", "a blue circle"]
+    blend = LocalBlend(["circle", "circle"], mask=torch.zeros(8, 8))
+    x = pipe.sample(
+        prompts, inversion=inv, controller=Replace(prompts, pipe.tokenizer, local_blend=blend), progress=False
+    )
+    assert torch.equal(x[1], pipe.encode(image)[0])

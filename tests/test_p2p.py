@@ -249,3 +249,15 @@ def test_edit_api_is_make_edit_then_generate(pipe):
         pipe.edit(P[0], P[1], kind="swap", steps=2)
     with pytest.raises(ValueError, match="kind='reweight' needs reweight"):
         pipe.edit(P[0], P[1], kind="reweight", steps=2)
+
+
+def test_local_blend_starts_at_start_blend(tokenizer):
+    """LocalBlend leaves the latents alone before int(start_blend * steps) (0.2, the null-text notebook's; the
+    stable-diffusion notebook blends from step 0), and copies the source outside the mask from then on."""
+    lb = LocalBlend(["circle", "square"], mask=torch.zeros(4, 4))
+    assert lb.start_blend == defaults.START_BLEND == 0.2
+    lb.bind(P, tokenizer)
+    lb.start(10, (4, 4))
+    x = torch.randn(2, 4, 4, 4)
+    assert torch.equal(lb.blend(1, x), x)
+    assert torch.equal(lb.blend(2, x)[1], x[0])

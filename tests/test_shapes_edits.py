@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minip2p import shapes
+from minip2p import defaults, shapes
 from minip2p.evaluation import (
+    REFINES,
     at_least,
     away_from,
     colour_edit_scene,
+    edit_variants,
     inverted_edit,
     psnr,
     rendered_scenes,
@@ -59,6 +61,24 @@ def test_local_blend_keeps_the_rest_better_than_replace_alone(swaps):
     assert mean(swaps, "Replace + LocalBlend", "outside") < mean(swaps, "Replace", "outside")
 
 
+def test_refine_keeps_the_object_in_place(shapes_pipe):
+    """Refine edits that add a colour word (evaluation.REFINES, 4 seeds each): the object takes the colour and
+    stays where it was (moved at most 8 px of 64 in >= 90% of cases, median <= 3 px) when the source's
+    self-attention is kept at every size, as this 16x16-latent model needs; with the paper's settings it still
+    moves less than plain generation of the target from the same noise."""
+    variants = {"keep": defaults.KEEP_STRUCTURE, "plain": None, "paper": {}}
+    rows = []
+    for seed in range(4):
+        for source, target, k in REFINES:
+            rows.append(edit_variants(shapes_pipe, source, target, k, seed, variants, progress=False))
+    rows = [r for r in rows if r]
+    kept = [r["keep"] for r in rows if r["keep"]["edited"]]
+    assert at_least(len(kept), len(rows), EDIT_RATE), f"{len(kept)} of {len(rows)} took the colour"
+    moved = np.array([s["moved"] for s in kept])
+    assert at_least(int((moved <= 8).sum()), len(moved), 0.9) and np.median(moved) <= 3, moved
+    assert mean(rows, "paper", "moved") < mean(rows, "plain", "moved")
+
+
 def test_negative_reweight_takes_away_what_the_word_names(shapes_pipe):
     """A negative scale on "square" takes the blue square away and leaves the red circle; on "white", the
     white background; with a scale of 1 (no edit) all three show."""
@@ -77,13 +97,14 @@ def test_negative_reweight_takes_away_what_the_word_names(shapes_pipe):
     assert at_least(n - count(white["white background"]), n, EDIT_RATE), white
 
 
-def test_null_text_reconstructs_within_1_db_of_the_vae_and_above_ddim(shapes_pipe):
-    """The requirement: null-text inversion within 1 dB of the VAE's own round trip (the ceiling of any
-    inversion), on the benchmark's 10 rendered scenes; and better than DDIM inversion alone."""
+def test_inversions_reconstruct_near_the_vae(shapes_pipe):
+    """The requirements, on the benchmark's 10 rendered scenes: null-text inversion within 1 dB of the VAE's
+    own round trip (the ceiling of any inversion) and above DDIM inversion alone; Direct Inversion within
+    0.1 dB of the VAE."""
     rows = []
     for img, prompt in rendered_scenes(10):
         rec = {"vae": psnr(vae_round_trip(shapes_pipe, img)[0], img)}
-        for method in ("ddim", "null-text"):
+        for method in ("ddim", "null-text", "direct"):
             inversion = shapes_pipe.invert(Image.fromarray(img), prompt, method=method, progress=False)
             rec[method] = psnr(shapes_pipe.generate([prompt], inversion=inversion, progress=False)[0], img)
         rows.append(rec)
@@ -93,6 +114,7 @@ def test_null_text_reconstructs_within_1_db_of_the_vae_and_above_ddim(shapes_pip
 
     assert gap("null-text", "vae") >= -1.0, rows
     assert gap("null-text", "ddim") > 0, rows
+    assert gap("direct", "vae") >= -0.1, rows
 
 
 def test_colour_edit_after_null_text_inversion(shapes_pipe):
