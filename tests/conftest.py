@@ -1,12 +1,15 @@
 """Shared fixtures: random checkpoints in the real layouts, the models built from them, and diffusers as the
 oracle (through its own single-file converters)."""
 
+import sys
+
 import pytest
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
 
 import minip2p
 from minip2p import TextConfig
+from minip2p.cli import main
 from minip2p.testing import ldm_config, small_config, write_checkpoint
 from minip2p.text import build_text_encoder, load_tokenizer
 
@@ -65,3 +68,22 @@ def diffusers_models(small_ckpt):
         vae = AutoencoderKL.from_single_file(str(path), original_config=ldm_config(cfg))
         out[family] = (unet.eval(), vae.eval(), diffusers_text_encoder(sd, cfg))
     return out
+
+
+@pytest.fixture
+def cli(capfd):
+    """cli(*args) runs the command line in this process -> (exit code, stdout, stderr), the exit message
+    included in stderr as the interpreter prints it."""
+
+    def run(*args):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) or e.code is None else 1
+            if not isinstance(e.code, int) and e.code is not None:
+                print(e.code, file=sys.stderr)
+        out = capfd.readouterr()
+        return code or 0, out.out, out.err
+
+    return run

@@ -19,7 +19,6 @@ from safetensors.torch import save_file
 import minip2p
 from minip2p import Inversion, LocalBlend, Replace, Reweight
 from minip2p.checkpoint import META_KEY, CheckpointError
-from minip2p.cli import main
 from minip2p.ddim import DDIM
 from minip2p.images import load_image
 from minip2p.testing import small_config, write_checkpoint
@@ -339,13 +338,6 @@ def test_an_inversion_is_used_only_with_its_prompt_and_model(pipe, small_ckpt, i
 # ---- outputs and the command line
 
 
-def run(argv, capfd):
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out = capfd.readouterr()
-    return e.value.code, (str(e.value.code) if not isinstance(e.value.code, int) else "") + out.err
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -360,7 +352,7 @@ def run(argv, capfd):
         (["--out", "out.gif"], "give a file name ending in .png"),
     ],
 )
-def test_generate_mistakes(small_ckpt, tmp_path, monkeypatch, capfd, args, message):
+def test_generate_mistakes(small_ckpt, tmp_path, monkeypatch, cli, args, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "SUBDIR").mkdir()
     (tmp_path / "FILE").write_text("a file")
@@ -369,44 +361,32 @@ def test_generate_mistakes(small_ckpt, tmp_path, monkeypatch, capfd, args, messa
     before = sorted(p.name for p in tmp_path.iterdir())
     options = {"--weights": str(small_ckpt["sd1"][0]), "--prompt": "a red circle", "--out": "out.png"}
     options.update(zip(args[::2], args[1::2]))
-    code, err = run(
-        ["generate", "--steps", "1", "--quiet"] + [x for kv in options.items() for x in kv], capfd
-    )
+    code, _, err = cli("generate", "--steps", "1", "--quiet", *[x for kv in options.items() for x in kv])
     assert code != 0 and message in err and one_line(err), err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
     assert (tmp_path / "target.png").read_bytes() == b"precious"
 
 
-def test_attention_res_is_checked_before_the_generation(small_ckpt, tmp_path, monkeypatch, capfd):
+def test_attention_res_is_checked_before_the_generation(small_ckpt, tmp_path, monkeypatch, cli):
     def no_generation(*a, **k):
         raise AssertionError("generated before checking --res")
 
     monkeypatch.setattr(minip2p.Pipeline, "generate", no_generation)
     for res in ("0", "5"):
-        code, err = run(
-            [
-                "attention",
-                "--weights",
-                small_ckpt["sd1"][0],
-                "--prompt",
-                "a red circle",
-                "--res",
-                res,
-                "--out",
-                tmp_path / "m.png",
-            ],
-            capfd,
+        weights, out = small_ckpt["sd1"][0], tmp_path / "m.png"
+        code, _, err = cli(
+            "attention", "--weights", weights, "--prompt", "a red circle", "--res", res, "--out", out
         )
         assert code != 0 and "this model's cross-attention maps are [1, 2, 4, 8] cells wide" in err, err
 
 
-def test_ctrl_c_says_nothing_was_written(small_ckpt, tmp_path, monkeypatch, capfd):
+def test_ctrl_c_says_nothing_was_written(small_ckpt, tmp_path, monkeypatch, cli):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(minip2p.Pipeline, "sample", interrupted)
-    code, err = run(
-        ["generate", "--weights", small_ckpt["sd1"][0], "--prompt", "x", "--out", tmp_path / "o.png"], capfd
+    code, _, err = cli(
+        "generate", "--weights", small_ckpt["sd1"][0], "--prompt", "x", "--out", tmp_path / "o.png"
     )
     assert code == 130 and err.strip() == "interrupted, nothing written" and not list(tmp_path.iterdir())
 

@@ -10,20 +10,7 @@ from PIL import Image
 
 import minip2p
 from minip2p import defaults
-from minip2p.cli import main, parser
-
-
-def cli(*args, capsys):
-    """Run the command in this process -> (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-        if not isinstance(e.code, int) and e.code is not None:
-            print(e.code, file=sys.stderr)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from minip2p.cli import parser
 
 
 def test_python_m_minip2p_runs_and_knows_its_version():
@@ -42,7 +29,7 @@ def test_help_shows_every_default():
     assert f"(default: {defaults.CROSS_REPLACE_STEPS})" in edit_help
 
 
-def test_generate(small_ckpt, tmp_path, capsys):
+def test_generate(small_ckpt, tmp_path, cli):
     out = tmp_path / "out.png"
     code, stdout, _ = cli(
         "generate",
@@ -57,12 +44,11 @@ def test_generate(small_ckpt, tmp_path, capsys):
         "--out",
         out,
         "--quiet",
-        capsys=capsys,
     )
     assert code == 0 and f"wrote {out}" in stdout and Image.open(out).size == (64, 64)
 
 
-def test_edit_and_its_caption_name_what_was_done(small_ckpt, tmp_path, capsys):
+def test_edit_and_its_caption_name_what_was_done(small_ckpt, tmp_path, cli):
     w = small_ckpt["sd1"][0]
     code, _, err = cli(
         "edit",
@@ -83,7 +69,6 @@ def test_edit_and_its_caption_name_what_was_done(small_ckpt, tmp_path, capsys):
         1,
         "--out",
         tmp_path / "edit.png",
-        capsys=capsys,
     )
     assert code == 0, err
     grid = Image.open(tmp_path / "edit.png")
@@ -94,7 +79,7 @@ def test_edit_and_its_caption_name_what_was_done(small_ckpt, tmp_path, capsys):
     assert minip2p.cli.edit_label("reweight", None, {"square": -4.0}) == "reweight square=-4"
 
 
-def test_attention_uses_its_guidance_and_the_finest_maps(small_ckpt, tmp_path, capsys):
+def test_attention_uses_its_guidance_and_the_finest_maps(small_ckpt, tmp_path, cli):
     w = small_ckpt["sd1"][0]
     pictures = []
     for guidance in (1, 15):
@@ -112,7 +97,6 @@ def test_attention_uses_its_guidance_and_the_finest_maps(small_ckpt, tmp_path, c
             "--out",
             out,
             "--quiet",
-            capsys=capsys,
         )
         assert code == 0, err
         assert "cross-attention at 8x8" in stdout  # the 8x8 latent's own size: the finest maps
@@ -120,7 +104,7 @@ def test_attention_uses_its_guidance_and_the_finest_maps(small_ckpt, tmp_path, c
     assert pictures[0].shape == pictures[1].shape and not np.array_equal(*pictures)
 
 
-def test_edit_a_real_image(small_ckpt, tmp_path, capsys):
+def test_edit_a_real_image(small_ckpt, tmp_path, cli):
     Image.new("RGB", (80, 64), "white").save(tmp_path / "photo.png")
     code, _, err = cli(
         "edit",
@@ -139,7 +123,6 @@ def test_edit_a_real_image(small_ckpt, tmp_path, capsys):
         "--out",
         tmp_path / "e.png",
         "--quiet",
-        capsys=capsys,
     )
     assert code == 0, err
     assert Image.open(tmp_path / "e.png").size[0] == 3 * 512
@@ -159,15 +142,12 @@ def test_edit_a_real_image(small_ckpt, tmp_path, capsys):
         (["--to", "cat " * 80], "error: prompt has 82 tokens, more than the 77"),
     ],
 )
-def test_edit_mistakes_are_one_line(small_ckpt, tmp_path, monkeypatch, capfd, args, message):
+def test_edit_mistakes_are_one_line(small_ckpt, tmp_path, monkeypatch, cli, args, message):
     monkeypatch.chdir(tmp_path)
     options = {"--prompt": "a red circle", "--to": "a blue circle", "--weights": str(small_ckpt["sd1"][0])}
     options.update(zip(args[::2], args[1::2]))
-    argv = ["edit", "--steps", "1"] + [x for kv in options.items() for x in kv]
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    err = str(e.value) + capfd.readouterr().err
-    assert message in err and "Traceback" not in err and "Token indices" not in err, err
+    code, _, err = cli("edit", "--steps", "1", *[x for kv in options.items() for x in kv])
+    assert code != 0 and message in err and "Traceback" not in err and "Token indices" not in err, err
     assert err.strip().count("\n") == 0, err
     assert not (tmp_path / "edit.png").exists()
 
@@ -193,8 +173,8 @@ def test_an_unavailable_device_on_the_command_line(tmp_path):
     assert r.stderr.count("\n") == 1
 
 
-def test_demo_writes_its_grid(tmp_path, capsys):
-    code, stdout, err = cli("demo", "--steps", 2, "--out", tmp_path / "demo.png", capsys=capsys)
+def test_demo_writes_its_grid(tmp_path, cli):
+    code, stdout, err = cli("demo", "--steps", 2, "--out", tmp_path / "demo.png")
     assert code == 0, err
     assert "4 Prompt-to-Prompt edits of 2 source images" in stdout
     assert Image.open(tmp_path / "demo.png").size[0] == 6 * 384
