@@ -48,8 +48,14 @@ def check_out(path) -> Path:
     return check_output(path, IMAGE_SUFFIXES)
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def load_model(args):
-    return load(args.weights, device=args.device, prediction=getattr(args, "prediction", None))
+    if args.dtype not in DTYPES:
+        raise ValueError(f"--dtype {args.dtype}: use {', '.join(DTYPES)}")
+    weights, prediction = getattr(args, "weights", None), getattr(args, "prediction", None)
+    return load(weights, device=args.device, dtype=DTYPES[args.dtype], prediction=prediction)
 
 
 def cmd_generate(args):
@@ -72,7 +78,7 @@ def cmd_generate(args):
 
 def cmd_demo(args):
     out = check_out(args.out)
-    pipe = load()  # the bundled shapes-world model
+    pipe = load_model(args)  # the bundled shapes-world model
     images, captions = [], []
     for label, source, target, options in DEMO:
         src, edited = pipe.edit(
@@ -167,10 +173,15 @@ def common(p, out: str):
     p.add_argument(
         "--guidance", type=float, default=defaults.GUIDANCE_SCALE, help="classifier-free guidance scale"
     )
+    p.add_argument("--out", default=out, help="the picture to write")
+    model_options(p)
+
+
+def model_options(p):
     p.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, mps"
     )
-    p.add_argument("--out", default=out, help="the picture to write")
+    p.add_argument("--dtype", default="float32", help=f"the model's precision: {', '.join(DTYPES)}")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -261,7 +272,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=DEMO_SEED, help="seed of the initial noise")
     d.add_argument("--steps", type=int, default=defaults.STEPS, help="DDIM steps")
     d.add_argument("--out", default="demo.png", help="the picture to write")
-    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    model_options(d)
     d.set_defaults(run=cmd_demo)
     return p
 

@@ -202,7 +202,7 @@ def invert(
         x = pipe.encode(image)
         trajectory = [x]
         for t in tqdm(ddim.timesteps.flip(0), desc="DDIM inversion", disable=not progress, leave=False):
-            x = ddim.inverse_step(pipe.unet(x, t.to(pipe.device), cond), t, x)  # ascending: x_0 -> x_T
+            x = ddim.inverse_step(pipe.predict(x, t, cond), t, x)  # ascending: x_0 -> x_T
             trajectory.append(x)
     if method in ("ddim", "direct"):
         nulls = null.expand(steps, -1, -1)
@@ -232,12 +232,12 @@ def null_text_optimisation(
         target = trajectory[-2 - i].float()  # the loss is taken in fp32
         t = t.to(pipe.device)
         with torch.no_grad():
-            out_cond = pipe.unet(x, t, cond)
+            out_cond = pipe.predict(x, t, cond)
         null = null.detach().to(torch.float32, copy=True).requires_grad_(True)
         opt = torch.optim.Adam([null], lr=1e-2 * (1.0 - i / 100.0))
         for _ in range(inner_steps):
-            out = guided(pipe.unet(x, t, null.to(cond.dtype)), out_cond, guidance_scale)
-            loss = F.mse_loss(ddim.step(out, t, x).float(), target)
+            out = guided(pipe.predict(x, t, null.to(cond.dtype)), out_cond, guidance_scale)
+            loss = F.mse_loss(ddim.step(out, t, x), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -246,5 +246,5 @@ def null_text_optimisation(
         null = null.detach().to(cond.dtype)
         nulls.append(null[0])
         with torch.no_grad():
-            x = ddim.step(guided(pipe.unet(x, t, null), out_cond, guidance_scale), t, x)
+            x = ddim.step(guided(pipe.predict(x, t, null), out_cond, guidance_scale), t, x)
     return torch.stack(nulls)

@@ -175,7 +175,7 @@ class Pipeline:
             generator = torch.Generator("cpu").manual_seed(check_seed(seed))
         shape = (1, *self.latent_shape(height, width))
         noise = torch.randn(shape, generator=generator, device=generator.device)
-        return noise.to(self.device, self.dtype), generator
+        return noise.to(self.device), generator
 
     def start_latents(self, prompts: int, seed, generator, latents, height, width) -> tuple:
         """(prompts, C, h, w) start latents, one noise shared by all prompts; the generator of later noise."""
@@ -191,7 +191,7 @@ class Pipeline:
             )
         if not torch.isfinite(latents).all():
             raise ValueError("latents hold NaN or infinite values")
-        return latents.to(self.device, self.dtype).expand(prompts, *shape).clone(), generator
+        return latents.to(self.device, torch.float32).expand(prompts, *shape).clone(), generator
 
     @torch.no_grad()
     def sample(
@@ -257,7 +257,7 @@ class Pipeline:
         that LocalBlend copies the exact reconstruction."""
         if controller is not None:
             controller.before_step(i)
-        out_uncond, out_cond = self.unet(torch.cat([x, x]), t.to(self.device), context, controller).chunk(2)
+        out_uncond, out_cond = self.predict(torch.cat([x, x]), t, context, controller).chunk(2)
         noise = torch.randn(x.shape, generator=generator, device=generator.device).to(x) if eta > 0 else None
         x = ddim.step(guided(out_uncond, out_cond, guidance_scale), t, x, eta, noise)
         if source is not None:
@@ -272,17 +272,24 @@ class Pipeline:
             )
         return x
 
+    def predict(self, x, t, context, controller=None) -> torch.Tensor:
+        """The UNet's prediction for fp32 latents x at timestep t, in fp32: the model runs in its own dtype,
+        the sampler's arithmetic (guidance, the DDIM update, LocalBlend) stays in fp32 whatever that is."""
+        return self.unet(x.to(self.dtype), t.to(self.device), context, controller).float()
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """UNet-space latents -> images (B, 3, H, W) in [-1, 1]."""
-        return self.vae.decode(latents.to(self.device, self.dtype) / self.config.vae.scale_factor)
+        """UNet-space latents -> images (B, 3, H, W) in [-1, 1], in the VAE's dtype."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        return self.vae.decode((latents.float() / self.config.vae.scale_factor).to(self.device, vae_dtype))
 
     @torch.no_grad()
     def encode(self, images) -> torch.Tensor:
         """Images ((B, 3, H, W) in [-1, 1], or PIL) -> UNet-space latents (the VAE's mean x scale factor)."""
         if not isinstance(images, torch.Tensor):
             images = to_tensor(images)
-        return self.vae.encode(images.to(self.device, self.dtype))[0] * self.config.vae.scale_factor
+        vae_dtype = next(self.vae.parameters()).dtype
+        return self.vae.encode(images.to(self.device, vae_dtype))[0].float() * self.config.vae.scale_factor
 
     def generate(self, prompts, *, output: str = "pil", **sampling):
         """Text to image, one image per prompt, all from the same initial noise (`sample`'s options; 50 steps

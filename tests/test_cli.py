@@ -21,7 +21,7 @@ def test_python_m_minip2p_runs_and_knows_its_version():
 def test_help_shows_every_default():
     for command in ("generate", "edit", "attention", "demo"):
         sub = parser()._subparsers._group_actions[0].choices[command]
-        text = sub.format_help()
+        text = " ".join(sub.format_help().split())  # help wraps lines
         for action in sub._actions:
             if action.default not in (None, False, "==SUPPRESS==") and action.help != "==SUPPRESS==":
                 assert f"(default: {action.default})" in text, (command, action.dest)
