@@ -1,6 +1,6 @@
 """What Prompt-to-Prompt edits do on the shapes model, measured with the analyser over many seeds.
 
-    python benchmarks/shapes_edits.py [--seeds 50] [--reweight-seeds 12] [--steps 50]
+    python benchmarks/shapes_edits.py [--seeds 50] [--reweight-seeds 12] [--steps 50] [--dtype bfloat16]
 
 - Word swap (Replace) of one object's shape or colour: does the edited object take the new attribute, does the
   other object keep its mask (IoU with the source's) and the background stay? Against plain same-seed
@@ -18,16 +18,18 @@ from report import header, row
 import minip2p
 from minip2p import defaults
 from minip2p.evaluation import REWEIGHT_PROMPT, REWEIGHT_SHOWS, reweight_shown, swap_edit
+from minip2p.pipeline import DTYPES
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--weights")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="the model's precision")
     p.add_argument("--seeds", type=int, default=50)
     p.add_argument("--reweight-seeds", type=int, default=12)
     p.add_argument("--steps", type=int, default=defaults.STEPS)
     args = p.parse_args()
-    pipe = minip2p.load(args.weights)
+    pipe = minip2p.load(args.weights, dtype=args.dtype)
     options = dict(steps=args.steps, progress=False)
 
     rows = {"Replace": [], "plain target": [], "Replace + LocalBlend": []}
@@ -37,7 +39,7 @@ def main():
     n = len(rows["Replace"])
     print(
         f"word swaps: {n} of {args.seeds} seeds whose source image shows its prompt "
-        f"({args.steps} DDIM steps, guidance {defaults.GUIDANCE_SCALE})"
+        f"({args.steps} DDIM steps, guidance {defaults.GUIDANCE_SCALE}, {args.dtype})"
     )
     print(
         header(

@@ -1,6 +1,6 @@
 """Quality of the shapes-world model: prompt adherence per attribute, and VAE reconstruction PSNR.
 
-    python benchmarks/shapes_quality.py [--weights PATH] [--prompts 200] [--steps 50]
+    python benchmarks/shapes_quality.py [--weights PATH] [--prompts 200] [--steps 50] [--dtype bfloat16]
 
 Prompts are sampled from the grammar with a fixed seed (attributes left open with probability 0.2, which the
 check then accepts whatever the image shows); each image starts from its own seeded noise.
@@ -15,6 +15,7 @@ import torch
 import minip2p
 from minip2p import AttentionStore, defaults, shapes
 from minip2p.evaluation import adherence, vae_psnr
+from minip2p.pipeline import DTYPES
 from minip2p.viz import image_grid
 
 
@@ -38,20 +39,21 @@ def attention_shares(pipe, n=8, seed=3, steps=50):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--weights")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="the model's precision")
     p.add_argument("--prompts", type=int, default=200)
     p.add_argument("--steps", type=int, default=defaults.STEPS)
     p.add_argument("--guidance", type=float, default=defaults.GUIDANCE_SCALE)
     p.add_argument("--grid", help="save a grid of the first 16 images here")
     args = p.parse_args()
-    pipe = minip2p.load(args.weights)
+    pipe = minip2p.load(args.weights, dtype=args.dtype)
     t0 = time.time()
     rates, results = adherence(
         pipe, args.prompts, steps=args.steps, guidance_scale=args.guidance, progress=False
     )
     dt = time.time() - t0
     print(
-        f"shapes model: {args.prompts} prompts, {args.steps} DDIM steps, guidance {args.guidance} "
-        f"({dt / args.prompts:.2f} s/image)"
+        f"shapes model ({args.dtype}): {args.prompts} prompts, {args.steps} DDIM steps, "
+        f"guidance {args.guidance} ({dt / args.prompts:.2f} s/image)"
     )
     print("| attribute | right |\n| --- | --- |")
     for k, v in rates.items():

@@ -161,6 +161,8 @@ def check_config(cfg: ModelConfig, where) -> ModelConfig:
         isinstance(v.scale_factor, (int, float)) and math.isfinite(v.scale_factor) and v.scale_factor > 0
     ):
         fail(f"vae.scale_factor must be a positive finite number, not {v.scale_factor!r}")
+    if not isinstance(v.upcast, bool):
+        fail(f"vae.upcast must be true or false, not {v.upcast!r}")
     if t.hidden_act not in ("quick_gelu", "gelu") or not isinstance(t.pad_token, str):
         fail(f"text.hidden_act must be quick_gelu or gelu (and pad_token a string), not {t.hidden_act!r}")
     if cfg.family not in ("sd1", "sd2", "custom") or cfg.prediction not in ("epsilon", "v"):

@@ -11,7 +11,7 @@ from .files import IMAGE_SUFFIXES, check_output, save_image
 from .images import load_image
 from .inversion import METHODS
 from .p2p import AttentionStore, default_edit_kind, make_edit
-from .pipeline import load
+from .pipeline import DTYPES, load
 from .viz import cross_attention_grid, image_grid
 
 DEMO = [  # (label, source, target, edit options): Prompt-to-Prompt on the shapes world
@@ -48,14 +48,15 @@ def check_out(path) -> Path:
     return check_output(path, IMAGE_SUFFIXES)
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def load_model(args):
-    if args.dtype not in DTYPES:
-        raise ValueError(f"--dtype {args.dtype}: use {', '.join(DTYPES)}")
+    for option in ("dtype", "vae_dtype"):
+        name = getattr(args, option)
+        if name is not None and name not in DTYPES:
+            raise ValueError(f"--{option.replace('_', '-')} {name}: use {', '.join(DTYPES)}")
     weights, prediction = getattr(args, "weights", None), getattr(args, "prediction", None)
-    return load(weights, device=args.device, dtype=DTYPES[args.dtype], prediction=prediction)
+    return load(
+        weights, device=args.device, dtype=args.dtype, vae_dtype=args.vae_dtype, prediction=prediction
+    )
 
 
 def cmd_generate(args):
@@ -182,6 +183,9 @@ def model_options(p):
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, mps"
     )
     p.add_argument("--dtype", default="float32", help=f"the model's precision: {', '.join(DTYPES)}")
+    p.add_argument(
+        "--vae-dtype", help="the VAE's precision, if not the model's (float32 decodes a float16 model)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

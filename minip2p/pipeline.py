@@ -22,6 +22,7 @@ from .unet import UNet
 from .vae import VAE
 
 OUTPUTS = ("pil", "latent", "tensor")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # by name
 EDIT_OPTIONS = set(inspect.signature(make_edit).parameters) - {"source", "target", "tokenizer"}
 
 
@@ -60,18 +61,37 @@ def check_prompts(prompts) -> list:
 
 
 def check_dtype(dtype) -> torch.dtype:
+    """A torch floating-point dtype, or its name in DTYPES -> the dtype."""
+    dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"dtype must be a floating-point torch dtype (torch.float32, ...), not {dtype!r}")
+        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, not {dtype!r}")
     return dtype
 
 
-def load(path=None, *, device="cpu", dtype=torch.float32, prediction: str | None = None) -> "Pipeline":
+def choose_vae_dtype(cfg: ckpt.ModelConfig, dtype, vae_dtype):
+    """The VAE's dtype: the one asked for, else the model's, except float32 for a VAE known to overflow in
+    float16 (`cfg.vae.upcast`)."""
+    if vae_dtype is not None:
+        return check_dtype(vae_dtype)
+    return torch.float32 if dtype == torch.float16 and cfg.vae.upcast else dtype
+
+
+def load(
+    path=None,
+    *,
+    device="cpu",
+    dtype=torch.float32,
+    vae_dtype: torch.dtype | None = None,
+    prediction: str | None = None,
+) -> "Pipeline":
     """Load a model: a single-file .safetensors (SD1.x, SD2.x, or ours), or a diffusers folder.
 
-    path=None loads the bundled shapes-world model. `prediction` ("epsilon" or "v") overrides what the file
-    says or implies: v-prediction (SD2 768-v models) is not visible in the weights.
+    path=None loads the bundled shapes-world model. `dtype` is the UNet's and text encoder's; `vae_dtype` the
+    VAE's (see `Pipeline.to`). `prediction` ("epsilon" or "v") overrides what the file says or implies:
+    v-prediction (SD2 768-v models) is not visible in the weights.
     """
     device, dtype = check_device(device), check_dtype(dtype)
+    vae_dtype = None if vae_dtype is None else check_dtype(vae_dtype)
     path = Path(ckpt.BUNDLED_MODEL if path is None else path)
     tokenizer_dir = None
     if path.is_dir():
@@ -94,9 +114,11 @@ def load(path=None, *, device="cpu", dtype=torch.float32, prediction: str | None
         )
     text_encoder = build_text_encoder(cfg.text)  # as large as the file's own tensors: they were checked
     unet.load_state_dict(ckpt.cast(unet_sd, dtype), strict=True, assign=True)
-    vae.load_state_dict(ckpt.cast(vae_sd, dtype), strict=True, assign=True)
+    vae_dtype = choose_vae_dtype(cfg, dtype, vae_dtype)
+    vae.load_state_dict(ckpt.cast(vae_sd, vae_dtype), strict=True, assign=True)
     text_encoder.load_state_dict(ckpt.cast(text_sd, dtype), strict=True)
-    return Pipeline(cfg, unet, vae, text_encoder, tokenizer).to(device=device, dtype=dtype)
+    pipe = Pipeline(cfg, unet, vae, text_encoder, tokenizer)
+    return pipe.to(device=device, dtype=dtype, vae_dtype=vae_dtype)
 
 
 class Pipeline:
@@ -108,12 +130,16 @@ class Pipeline:
         self.config, self.unet, self.vae = config, unet, vae
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> "Pipeline":
-        """Move the models to a device and/or cast them to a dtype (in place) -> self."""
+    def to(self, device=None, dtype: torch.dtype | None = None, vae_dtype: torch.dtype | None = None):
+        """Move the models to a device and/or cast them to a dtype (in place) -> self.
+
+        The VAE follows `dtype` unless `vae_dtype` says otherwise, or unless the model's VAE is known to
+        overflow in float16 (`config.vae.upcast`): then it stays float32 under a float16 model."""
         device = None if device is None else check_device(device)
         dtype = None if dtype is None else check_dtype(dtype)
-        for m in (self.unet, self.vae, self.text_encoder):
-            m.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        vae_dtype = choose_vae_dtype(self.config, dtype, vae_dtype)
+        for m, d in ((self.unet, dtype), (self.text_encoder, dtype), (self.vae, vae_dtype)):
+            m.to(device=device, dtype=d).eval().requires_grad_(False)
         return self
 
     @property
@@ -122,7 +148,12 @@ class Pipeline:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The UNet's and text encoder's dtype (the sampler's arithmetic is fp32 whatever it is)."""
         return next(self.unet.parameters()).dtype
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
 
     def probe(self) -> torch.Tensor:
         """A few of the model's weights (64 of the UNet's last conv), to tell one model from another."""
@@ -280,16 +311,16 @@ class Pipeline:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """UNet-space latents -> images (B, 3, H, W) in [-1, 1], in the VAE's dtype."""
-        vae_dtype = next(self.vae.parameters()).dtype
-        return self.vae.decode((latents.float() / self.config.vae.scale_factor).to(self.device, vae_dtype))
+        latents = latents.float() / self.config.vae.scale_factor
+        return self.vae.decode(latents.to(self.device, self.vae_dtype))
 
     @torch.no_grad()
     def encode(self, images) -> torch.Tensor:
         """Images ((B, 3, H, W) in [-1, 1], or PIL) -> UNet-space latents (the VAE's mean x scale factor)."""
         if not isinstance(images, torch.Tensor):
             images = to_tensor(images)
-        vae_dtype = next(self.vae.parameters()).dtype
-        return self.vae.encode(images.to(self.device, vae_dtype))[0].float() * self.config.vae.scale_factor
+        latents = self.vae.encode(images.to(self.device, self.vae_dtype))[0]
+        return latents.float() * self.config.vae.scale_factor
 
     def generate(self, prompts, *, output: str = "pil", **sampling):
         """Text to image, one image per prompt, all from the same initial noise (`sample`'s options; 50 steps

@@ -24,6 +24,7 @@ class VAEConfig:
     z_channels: int = 4  # latent channels
     norm_groups: int = 32  # GroupNorm groups everywhere (eps 1e-6)
     scale_factor: float = 0.18215  # latents are multiplied by this before the UNet sees them
+    upcast: bool = False  # activations pass float16's 65504 (SDXL's VAE): it runs in fp32 under a fp16 model
 
     @property
     def factor(self):

@@ -1,11 +1,15 @@
 """Half precision: the model runs in bf16 or fp16, the sampler's arithmetic stays fp32, and the edits keep
 their invariants. Speed and fidelity figures: docs/RESULTS.md."""
 
+import dataclasses
+
 import pytest
 import torch
 
 import minip2p
 from minip2p import Replace, Reweight
+from minip2p.checkpoint import VAE_PREFIX
+from minip2p.testing import small_config, write_checkpoint
 
 P = ["a red circle on a white background", "a blue square on a white background"]
 HALF_PRECISION = 0.05  # mean relative error of latents after 6 steps of a 16-bit model (bf16 keeps 8 bits)
@@ -44,9 +48,26 @@ def test_half_precision_keeps_the_edit_invariants(half, pipe):
     assert relative_error(x, run(pipe, P)) < HALF_PRECISION
 
 
+def test_the_vae_runs_in_fp32_when_asked_or_known_to_overflow(tmp_path):
+    cfg = small_config("sd1")
+    cfg = dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, upcast=True))  # as SDXL's VAE
+    sd = write_checkpoint(tmp_path / "upcast.safetensors", cfg)
+    pipe = minip2p.load(tmp_path / "upcast.safetensors", dtype=torch.float16)
+    assert pipe.dtype == torch.float16 and pipe.vae_dtype == torch.float32
+    weight = "decoder.conv_out.weight"  # read from the file straight into fp32, not through fp16
+    assert torch.equal(pipe.vae.state_dict()[weight], sd[VAE_PREFIX + weight])
+    images = pipe.generate(P, seed=3, steps=2, progress=False, output="tensor")
+    assert images.dtype == torch.float32 and torch.isfinite(images).all()
+    assert pipe.to(dtype=torch.bfloat16).vae_dtype == torch.bfloat16  # only float16 overflows
+    assert pipe.to(dtype=torch.float16, vae_dtype=torch.float16).vae_dtype == torch.float16  # asked for
+    assert pipe.to(vae_dtype=torch.float32).dtype == torch.float16  # the VAE alone
+
+
 def test_the_dtype_option(small_ckpt, tmp_path, cli):
     code, _, err = cli("generate", "--weights", small_ckpt["sd1"][0], "--prompt", "x", "--dtype", "float8")
     assert code != 0 and err.strip() == "error: --dtype float8: use float32, bfloat16, float16"
+    code, _, err = cli("generate", "--weights", small_ckpt["sd1"][0], "--prompt", "x", "--vae-dtype", "fp8")
+    assert code != 0 and err.strip() == "error: --vae-dtype fp8: use float32, bfloat16, float16"
     out = tmp_path / "bf16.png"
     code, _, err = cli(
         "generate",
@@ -58,6 +79,8 @@ def test_the_dtype_option(small_ckpt, tmp_path, cli):
         2,
         "--dtype",
         "bfloat16",
+        "--vae-dtype",
+        "float32",
         "--out",
         out,
         "--quiet",
