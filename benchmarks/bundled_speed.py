@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image
 from report import header, row
 
 import minip2p
@@ -39,7 +40,7 @@ def main():
     p.add_argument("--seeds", type=int, default=8)
     args = p.parse_args()
     pipes = {dt: minip2p.load(dtype=dt) for dt in DTYPES}
-    image = shapes.render(shapes.parse(SOURCE), np.random.default_rng(0))[0]
+    image = Image.fromarray(shapes.render(shapes.parse(SOURCE), np.random.default_rng(0))[0])
     jobs = {
         (what, dt, threads): (fn, pipes[dt], arg)
         for what, fn, arg in (("50-step edit", edit, 0), ("null-text inversion", null_text, image))

@@ -1,10 +1,11 @@
 """UNet step time and peak memory: minip2p vs diffusers, same random full-size SD1.5 weights, CPU.
 
-    python benchmarks/unet_step.py [--latent 64] [--batch 2] [--runs 3]
+    python benchmarks/unet_step.py [--latent 64] [--batch 2] [--runs 3] [--dtypes float32 bfloat16]
 
 Prints the median step time of each (runs interleaved, after one warm-up each), the ratio ours / diffusers for
-the fused path (no controller) and for the explicit-softmax path (a controller that wants every map), and, in
-a fresh process for each, the RSS with the model loaded and the peak RSS during one step.
+the fused path (no controller) and for the explicit-softmax path (a controller that wants every map), in each
+dtype; the relative error of each side's output in a 16-bit dtype against its own fp32 output; and, in a fresh
+process for each, the RSS with the model loaded and the peak RSS during one step.
 """
 
 import argparse
@@ -24,10 +25,11 @@ from report import measured, rss_mib
 
 from minip2p import Controller, ModelConfig, UNet
 from minip2p.checkpoint import UNET_PREFIX
+from minip2p.pipeline import DTYPES
 from minip2p.testing import ldm_config, random_state
 
 
-def build(which, cfg):
+def build(which, cfg, dtype="float32"):
     """The full-size SD1 UNet with the same random weights: ours, or diffusers' (by its LDM converter)."""
     with torch.device("meta"):
         unet = UNet(cfg.unet)
@@ -37,9 +39,9 @@ def build(which, cfg):
         config = create_unet_diffusers_config_from_ldm(ldm_config(cfg), ldm, image_size=cfg.image_size)
         model = UNet2DConditionModel(**config)
         model.load_state_dict(convert_ldm_unet_checkpoint(ldm, config), strict=True)
-        return model.eval()
+        return model.eval().to(DTYPES[dtype])
     unet.load_state_dict(sd, assign=True)
-    return unet.eval()
+    return unet.eval().to(DTYPES[dtype])
 
 
 def inputs(args):
@@ -52,13 +54,18 @@ def inputs(args):
 
 
 def step(which, model, x, t, ctx):
+    x, ctx = (v.to(next(model.parameters()).dtype) for v in (x, ctx))
     with torch.no_grad():
         if which == "diffusers":
             return model(x, t, ctx).sample
         return model(x, t, ctx, Controller() if which == "explicit" else None)
 
 
-def peak_rss(which, args):
+def relative_error(x, reference):
+    return float((x.float() - reference.float()).abs().mean() / reference.float().abs().mean())
+
+
+def peak_rss(which, dtype, args):
     """(RSS with the model loaded, peak RSS during one step), MiB, in a fresh process."""
     cmd = [
         sys.executable,
@@ -68,7 +75,7 @@ def peak_rss(which, args):
         "--batch",
         str(args.batch),
         "--child",
-        which,
+        f"{which}:{dtype}",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return tuple(float(v) for v in out.strip().splitlines()[-1].split())
@@ -79,49 +86,72 @@ def main():
     p.add_argument("--latent", type=int, default=64)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=list(DTYPES))
     p.add_argument("--child")
     args = p.parse_args()
     cfg = ModelConfig.sd1()
     if args.child:
-        model = build("diffusers" if args.child == "diffusers" else "ours", cfg)
+        which, dtype = args.child.split(":")
+        model = build("diffusers" if which == "diffusers" else "ours", cfg, dtype)
         gc.collect()
         x, t, ctx = inputs(args)
         base = rss_mib()
-        _, _, peak = measured(step, args.child, model, x, t, ctx)
+        _, _, peak = measured(step, which, model, x, t, ctx)
         print(base, max(peak, base))
         return
     x, t, ctx = inputs(args)
-    models = {"ours": build("ours", cfg), "diffusers": build("diffusers", cfg)}
-    models["explicit"] = models["ours"]
-    names = ["ours", "explicit", "diffusers"]
-    outs = {n: step(n, models[n], x, t, ctx) for n in names}  # warm-up, and a parity check
-    times = {n: [] for n in names}
+    names = [(n, dt) for dt in args.dtypes for n in ("ours", "explicit", "diffusers")]
+    models = {}
+    for n, dt in names:
+        models[n, dt] = models["ours", dt] if n == "explicit" else build(n, cfg, dt)
+    outs = {k: step(k[0], models[k], x, t, ctx) for k in names}  # warm-up, and a parity check
+    times = {k: [] for k in names}
     for _ in range(args.runs):
-        for n in names:
+        for k in names:
             t0 = time.perf_counter()
-            step(n, models[n], x, t, ctx)
-            times[n].append(time.perf_counter() - t0)
-    med = {n: statistics.median(v) for n, v in times.items()}
+            step(k[0], models[k], x, t, ctx)
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
     print(
-        f"SD1.5 UNet, batch {args.batch}, {args.latent}x{args.latent} latent, fp32, CPU, "
+        f"SD1.5 UNet, batch {args.batch}, {args.latent}x{args.latent} latent, CPU, "
         f"{torch.get_num_threads()} threads, median of {args.runs}"
     )
-    print(
-        f"max |ours - diffusers| = {(outs['ours'] - outs['diffusers']).abs().max():.2e}, "
-        f"max |explicit - diffusers| = {(outs['explicit'] - outs['diffusers']).abs().max():.2e}"
-    )
-    for n in names:
-        print(f"  {n:9s} {med[n]:7.2f} s/step   runs: " + " ".join(f"{v:.2f}" for v in times[n]))
-    print(f"ratio ours (fused, no controller) / diffusers: {med['ours'] / med['diffusers']:.3f}")
-    print(f"ratio ours (explicit softmax)     / diffusers: {med['explicit'] / med['diffusers']:.3f}")
-    del models
-    rss = {n: peak_rss(n, args) for n in names}
-    for n in names:
+    for dt in args.dtypes:
+        ours, explicit, theirs = (outs[n, dt].float() for n in ("ours", "explicit", "diffusers"))
         print(
-            f"  RSS {n:9s} model loaded {rss[n][0]:7.0f} MiB, peak during the step {rss[n][1]:7.0f} MiB "
-            f"(+{rss[n][1] - rss[n][0]:.0f})"
+            f"{dt}: max |ours - diffusers| = {(ours - theirs).abs().max():.2e}, "
+            f"max |explicit - diffusers| = {(explicit - theirs).abs().max():.2e}"
         )
-    print(f"ratio peak RSS ours / diffusers: {rss['ours'][1] / rss['diffusers'][1]:.3f}")
+    for dt in args.dtypes[1:] if args.dtypes[0] == "float32" else []:
+        errors = {
+            n: relative_error(outs[n, dt], outs[n, "float32"]) for n in ("ours", "explicit", "diffusers")
+        }
+        print(
+            f"{dt} vs float32 (mean relative error of the output): "
+            + ", ".join(f"{n} {e:.2e}" for n, e in errors.items())
+        )
+    for k in names:
+        print(f"  {k[0]:9s} {k[1]:8s} {med[k]:7.2f} s/step   runs: " + " ".join(f"{v:.2f}" for v in times[k]))
+    for dt in args.dtypes:
+        print(
+            f"{dt}: ours (fused) / diffusers {med['ours', dt] / med['diffusers', dt]:.3f}, "
+            f"ours (explicit softmax) / diffusers {med['explicit', dt] / med['diffusers', dt]:.3f}"
+        )
+        if dt != args.dtypes[0]:
+            ref = args.dtypes[0]
+            print(
+                f"{dt} / {ref}: ours {med['ours', dt] / med['ours', ref]:.3f}, "
+                f"diffusers {med['diffusers', dt] / med['diffusers', ref]:.3f}"
+            )
+    del models
+    rss = {k: peak_rss(*k, args) for k in names}
+    for k in names:
+        print(
+            f"  RSS {k[0]:9s} {k[1]:8s} model loaded {rss[k][0]:7.0f} MiB, peak during the step "
+            f"{rss[k][1]:7.0f} MiB (+{rss[k][1] - rss[k][0]:.0f})"
+        )
+    for dt in args.dtypes:
+        print(f"{dt}: peak RSS ours / diffusers: {rss['ours', dt][1] / rss['diffusers', dt][1]:.3f}")
 
 
 if __name__ == "__main__":

@@ -63,8 +63,10 @@ def attention(
 ) -> torch.Tensor:
     """Multi-head attention: q (B, N, C), k and v (B, M, C) -> (B, N, C).
 
-    out = softmax(q kᵀ / sqrt(d)) v, per head, with the softmax in fp32. The controller (if any, and if it
-    wants this place) sees and may replace the softmax map before it multiplies v.
+    out = softmax(q kᵀ / sqrt(d)) v, per head, with the softmax in fp32 whatever the model's dtype: the fused
+    kernels (flash on the CPU, flash or memory-efficient on CUDA) keep their running max and sums in fp32 for
+    fp16/bf16 inputs, and the explicit path upcasts. The controller (if any, and if it wants this place) sees
+    and may replace the softmax map before it multiplies v.
     """
     q, k, v = (rearrange(x, "b n (h d) -> b h n d", h=heads) for x in (q, k, v))
     if controller is None or not controller.wants(place):

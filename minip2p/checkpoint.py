@@ -94,6 +94,7 @@ LIMITS = {
         context_dim=(1, 16384),
         transformer_depth=(1, 64),
         norm_groups=(1, 1024),
+        adm_in_channels=(1, 16384),
     ),
     "vae": dict(
         ch=(1, 2048), num_res_blocks=(1, 16), in_channels=(1, 16), z_channels=(1, 256), norm_groups=(1, 1024)
@@ -124,6 +125,17 @@ def check_config(cfg: ModelConfig, where) -> ModelConfig:
             value = getattr(sub, name)
             if part == "unet" and name == "head_dim" and value in (None, 0):
                 continue  # num_heads heads (0: configs written before None meant it)
+            if part == "unet" and name == "transformer_depth" and isinstance(value, tuple):
+                if not isinstance(sub.channel_mult, tuple) or len(value) != len(sub.channel_mult):
+                    fail(f"unet.transformer_depth {value} must give one depth per level of channel_mult")
+                for depth in value:
+                    try:
+                        whole(depth, "unet.transformer_depth entry", low, high)
+                    except ValueError as e:
+                        fail(e)
+                continue
+            if part == "unet" and name == "adm_in_channels" and value is None:
+                continue  # no added conditioning (all but SDXL)
             try:
                 whole(value, f"{part}.{name}", low, high)
             except ValueError as e:

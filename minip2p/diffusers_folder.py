@@ -171,6 +171,7 @@ def configs(path, unet_cfg, vae_cfg, text_cfg, prediction) -> tuple:
     if not widths or min(widths) <= 0 or min(vae_cfg["block_out_channels"] or [0]) <= 0:
         raise ValueError("block_out_channels must be positive widths")
     heads = unet_cfg.get("num_attention_heads") or unet_cfg["attention_head_dim"]
+    depth = unet_cfg.get("transformer_layers_per_block", 1)
     unet = UNetConfig(
         in_channels=unet_cfg["in_channels"],
         out_channels=unet_cfg["out_channels"],
@@ -182,7 +183,7 @@ def configs(path, unet_cfg, vae_cfg, text_cfg, prediction) -> tuple:
         ),
         context_dim=unet_cfg["cross_attention_dim"],
         use_linear_proj=unet_cfg.get("use_linear_projection", False),
-        transformer_depth=unet_cfg.get("transformer_layers_per_block", 1),
+        transformer_depth=tuple(depth) if isinstance(depth, list) else depth,
         norm_groups=unet_cfg.get("norm_num_groups", 32),
     )
     if isinstance(heads, list):

@@ -64,6 +64,11 @@ def load_image(image, size: int, crop=(0, 0, 0, 0)) -> Image.Image:
     if not isinstance(crop, (tuple, list)) or len(crop) != 4:
         raise ValueError(f"crop must be four pixel counts (left, right, top, bottom), not {crop!r}")
     crop = tuple(whole(c, "each crop", 0) for c in crop)
+    if not isinstance(image, (Image.Image, str, Path)):
+        raise ValueError(
+            f"image must be a file path, a PIL image or a (1, 3, H, W) tensor, not {type(image).__name__} "
+            "(a numpy array: PIL.Image.fromarray(array))"
+        )
     if not isinstance(image, Image.Image):
         image = open_image(Path(image))
     image = ImageOps.exif_transpose(image)

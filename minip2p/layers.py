@@ -41,3 +41,11 @@ def timestep_embedding(t, dim, max_period=10000):
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def added_conditioning(pooled, sizes, dim=256):
+    """SDXL's added conditioning y: the pooled text embedding (B, P), then each of the 6 numbers of `sizes`
+    (B, 6: original height and width, crop top and left, target height and width) as a `dim`-wide sinusoid
+    -> (B, P + 6 * dim), in the order of SGM's ConcatTimestepEmbedderND and diffusers' time ids."""
+    waves = timestep_embedding(sizes.flatten(), dim).reshape(sizes.shape[0], -1)
+    return torch.cat([pooled.float(), waves], dim=-1)

@@ -115,10 +115,14 @@ def ldm_config(cfg: ModelConfig) -> dict:
         attention_resolutions=list(u.attention_resolutions),
         num_res_blocks=u.num_res_blocks,
         channel_mult=list(u.channel_mult),
-        transformer_depth=u.transformer_depth,
+        transformer_depth=list(u.transformer_depth)
+        if isinstance(u.transformer_depth, tuple)
+        else u.transformer_depth,
         context_dim=u.context_dim,
         use_linear_in_transformer=u.use_linear_proj,
     )
+    if u.adm_in_channels:
+        unet.update(num_classes="sequential", adm_in_channels=u.adm_in_channels)
     if u.head_dim:
         unet["num_head_channels"] = u.head_dim
     else:

@@ -1,9 +1,9 @@
-"""The Stable Diffusion UNet (v1.x and v2.x), with module paths equal to the CompVis checkpoint keys.
+"""The Stable Diffusion UNet (v1.x, v2.x and XL), with module paths equal to the CompVis/SGM checkpoint keys.
 
 `UNet(UNetConfig.sd1())` loads `model.diffusion_model.*` of a v1 checkpoint with
-`load_state_dict(strict=True)` after stripping that prefix. Every attention goes through
-`minip2p.attention.attention`, each with a fixed `Place` (its key, down/mid/up, cross or self, downsampling
-factor), so a controller knows where it is.
+`load_state_dict(strict=True)` after stripping that prefix (`UNetConfig.sdxl()`: of an SDXL base checkpoint).
+Every attention goes through `minip2p.attention.attention`, each with a fixed `Place` (its key, down/mid/up,
+cross or self, downsampling factor), so a controller knows where it is.
 """
 
 from dataclasses import dataclass
@@ -29,8 +29,9 @@ class UNetConfig:
     head_dim: int | None = None  # channels per head (SD2: 64); None: num_heads heads
     context_dim: int = 768  # width of the text encoder's hidden states
     use_linear_proj: bool = False  # proj_in/proj_out as Linear (SD2) instead of 1x1 conv (SD1)
-    transformer_depth: int = 1  # transformer blocks per SpatialTransformer
+    transformer_depth: int | tuple = 1  # transformer blocks per SpatialTransformer; or one number per level
     norm_groups: int = 32  # GroupNorm groups everywhere
+    adm_in_channels: int | None = None  # SDXL: width of the added conditioning `y` (label_emb); None: no y
 
     @classmethod
     def sd1(cls):
@@ -40,8 +41,26 @@ class UNetConfig:
     def sd2(cls):
         return cls(head_dim=64, context_dim=1024, use_linear_proj=True)
 
+    @classmethod
+    def sdxl(cls):
+        """SDXL base: 3 levels, no attention at the first, 2 and 10 blocks deep at the others (and middle)."""
+        return cls(
+            channel_mult=(1, 2, 4),
+            attention_resolutions=(2, 4),
+            head_dim=64,
+            context_dim=2048,
+            use_linear_proj=True,
+            transformer_depth=(1, 2, 10),
+            adm_in_channels=2816,
+        )
+
     def heads(self, ch):
         return ch // self.head_dim if self.head_dim else self.num_heads
+
+    def depth(self, level: int) -> int:
+        """Transformer blocks per SpatialTransformer at a level (the middle block: the last level's)."""
+        d = self.transformer_depth
+        return d[level] if isinstance(d, tuple) else d
 
 
 class ResBlock(nn.Module):
@@ -114,13 +133,13 @@ class BasicTransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    def __init__(self, ch, heads, cfg: UNetConfig, factor):
+    def __init__(self, ch, heads, cfg: UNetConfig, factor, depth):
         super().__init__()
         self.linear, self.factor = cfg.use_linear_proj, factor
         self.norm = GroupNorm(cfg.norm_groups, ch, eps=1e-6)
         self.proj_in = nn.Linear(ch, ch) if self.linear else nn.Conv2d(ch, ch, 1)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(ch, heads, cfg.context_dim) for _ in range(cfg.transformer_depth)
+            BasicTransformerBlock(ch, heads, cfg.context_dim) for _ in range(depth)
         )
         self.proj_out = nn.Linear(ch, ch) if self.linear else nn.Conv2d(ch, ch, 1)
 
@@ -172,9 +191,14 @@ class UNet(nn.Module):
         width, groups = cfg.model_channels, cfg.norm_groups
         emb_ch = width * 4
         self.time_embed = nn.Sequential(nn.Linear(width, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        if cfg.adm_in_channels:  # SGM's "sequential" label embedding: y -> added to the time embedding
+            adm = cfg.adm_in_channels
+            self.label_emb = nn.Sequential(
+                nn.Sequential(nn.Linear(adm, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+            )
 
-        def transformer(ch, factor):
-            return SpatialTransformer(ch, cfg.heads(ch), cfg, factor)
+        def transformer(ch, factor, level):
+            return SpatialTransformer(ch, cfg.heads(ch), cfg, factor, cfg.depth(level))
 
         self.input_blocks = nn.ModuleList([Block(nn.Conv2d(cfg.in_channels, width, 3, padding=1))])
         skip_chs, ch, factor = [width], width, 1  # factor: how much smaller than the latent this level is
@@ -183,7 +207,7 @@ class UNet(nn.Module):
                 layers = [ResBlock(ch, emb_ch, mult * width, groups)]
                 ch = mult * width
                 if factor in cfg.attention_resolutions:
-                    layers.append(transformer(ch, factor))
+                    layers.append(transformer(ch, factor, level))
                 self.input_blocks.append(Block(*layers))
                 skip_chs.append(ch)
             if level != len(cfg.channel_mult) - 1:
@@ -191,7 +215,12 @@ class UNet(nn.Module):
                 skip_chs.append(ch)
                 factor *= 2
 
-        mid = [ResBlock(ch, emb_ch, ch, groups), transformer(ch, factor), ResBlock(ch, emb_ch, ch, groups)]
+        last = len(cfg.channel_mult) - 1
+        mid = [
+            ResBlock(ch, emb_ch, ch, groups),
+            transformer(ch, factor, last),
+            ResBlock(ch, emb_ch, ch, groups),
+        ]
         self.middle_block = Block(*mid)
 
         self.output_blocks = nn.ModuleList()
@@ -200,7 +229,7 @@ class UNet(nn.Module):
                 layers = [ResBlock(ch + skip_chs.pop(), emb_ch, mult * width, groups)]
                 ch = mult * width
                 if factor in cfg.attention_resolutions:
-                    layers.append(transformer(ch, factor))
+                    layers.append(transformer(ch, factor, level))
                 if level and i == cfg.num_res_blocks:
                     layers.append(Upsample(ch))
                     factor //= 2
@@ -225,10 +254,15 @@ class UNet(nn.Module):
         """Every attention Place of this UNet, in call order."""
         return [m.place for m in self.modules() if isinstance(m, CrossAttention)]
 
-    def forward(self, x, t, context, controller=None):
-        """x (B, C, H, W) latents, t timestep(s), context (B, 77, D) -> (B, C, H, W) eps (or v)."""
+    def forward(self, x, t, context, controller=None, y=None):
+        """x (B, C, H, W) latents, t timestep(s), context (B, 77, D) -> (B, C, H, W) eps (or v). SDXL: y (B,
+        adm_in_channels), the added conditioning (pooled text embedding and size embeddings)."""
+        if (y is None) != (self.cfg.adm_in_channels is None):
+            raise ValueError("an SDXL UNet needs y (the added conditioning), and only an SDXL UNet takes it")
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(x.dtype))
+        if y is not None:
+            emb = emb + self.label_emb(y.to(x.dtype))
         hs, h = [], x
         for block in self.input_blocks:
             h = block(h, emb, context, controller)

@@ -284,6 +284,11 @@ def test_invert_refuses_tensors_that_are_not_images(pipe):
     ):
         with pytest.raises(ValueError, match="give the image as a path, a PIL image or a"):
             pipe.invert(bad, "a red circle", method="ddim", steps=2, progress=False)
+    for bad in (np.zeros((64, 64, 3), np.uint8), 3, None):
+        with pytest.raises(
+            ValueError, match=r"^image must be a file path, a PIL image or a \(1, 3, H, W\) tensor"
+        ):
+            pipe.invert(bad, "a red circle", method="ddim", steps=2, progress=False)
 
 
 @pytest.fixture(scope="module")

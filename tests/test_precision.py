@@ -19,7 +19,7 @@ def relative_error(x, reference) -> float:
     return float((x - reference).abs().mean() / reference.abs().mean())
 
 
-@pytest.fixture(scope="module", params=[torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.fixture(scope="module", params=["bfloat16", "float16"], ids=["bf16", "fp16"])
 def half(request, small_ckpt):
     return minip2p.load(small_ckpt["sd1"][0], dtype=request.param)
 
@@ -32,7 +32,7 @@ def test_half_precision_samples_in_fp32_and_stays_finite(half, pipe):
     x = run(half, P)
     assert x.dtype == torch.float32 and torch.isfinite(x).all()  # the DDIM update runs in fp32
     images = half.generate(P, seed=3, steps=6, progress=False, output="tensor")
-    assert images.dtype == half.dtype and torch.isfinite(images).all()
+    assert images.dtype == half.dtype != torch.float32 and torch.isfinite(images).all()
     assert relative_error(x, run(pipe, P)) < HALF_PRECISION  # the same latents, to half precision
 
 
@@ -61,6 +61,16 @@ def test_the_vae_runs_in_fp32_when_asked_or_known_to_overflow(tmp_path):
     assert pipe.to(dtype=torch.bfloat16).vae_dtype == torch.bfloat16  # only float16 overflows
     assert pipe.to(dtype=torch.float16, vae_dtype=torch.float16).vae_dtype == torch.float16  # asked for
     assert pipe.to(vae_dtype=torch.float32).dtype == torch.float16  # the VAE alone
+
+
+def test_dtypes_by_name_or_a_one_line_error(small_ckpt):
+    pipe = minip2p.load(small_ckpt["sd1"][0], dtype="bfloat16")
+    assert pipe.dtype == pipe.vae_dtype == torch.bfloat16
+    assert pipe.to(dtype="float32").dtype == torch.float32
+    with pytest.raises(
+        ValueError, match=r"^dtype must be torch.float32, torch.bfloat16 or torch.float16, not 'fp8'$"
+    ):
+        minip2p.load(dtype="fp8")
 
 
 def test_the_dtype_option(small_ckpt, tmp_path, cli):
