@@ -23,16 +23,13 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from report import header, measured_on, row, rss_mib
 from safetensors.torch import load_file
 
 import minip2p
-from minip2p import ModelConfig, make_edit
-from minip2p.checkpoint import CLIP_PREFIX
+from minip2p import ModelConfig, make_edit, oracle
 from minip2p.testing import ldm_config, small_config, write_checkpoint
-from minip2p.text import build_text_encoder
 
 PROMPTS = ["a photo of a cat sitting on a bench", "a photo of a dog sitting on a bench"]
 BLEND = ("cat", "dog")
@@ -50,32 +47,9 @@ def diffusers_pipeline(path, cfg, dtype, device):
     original = ldm_config(cfg)
     unet = UNet2DConditionModel.from_single_file(str(path), original_config=original)
     vae = AutoencoderKL.from_single_file(str(path), original_config=original)
-    text = build_text_encoder(cfg.text)
-    sd = {k: v for k, v in load_file(str(path)).items() if k.startswith(CLIP_PREFIX)}
-    conv = {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(sd).items()}
-    conv.pop("embeddings.position_ids", None)
-    text.load_state_dict(conv, strict=True)
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    ours = minip2p.load(path)  # for its tokenizer only
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text,
-        tokenizer=ours.tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device=device, dtype=dtype)
+    text = oracle.text_encoder(load_file(str(path)), cfg)
+    tokenizer = minip2p.load(path).tokenizer  # ours: the same files
+    return oracle.sd_pipeline(unet, vae, text, tokenizer).to(device=device, dtype=dtype)
 
 
 def build(kind, path, cfg, dtype, device):

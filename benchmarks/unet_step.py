@@ -16,17 +16,11 @@ import sys
 import time
 
 import torch
-from diffusers import UNet2DConditionModel
-from diffusers.loaders.single_file_utils import (
-    convert_ldm_unet_checkpoint,
-    create_unet_diffusers_config_from_ldm,
-)
 from report import measured, rss_mib
 
-from minip2p import Controller, ModelConfig, UNet
-from minip2p.checkpoint import UNET_PREFIX
+from minip2p import Controller, ModelConfig, UNet, oracle
 from minip2p.pipeline import DTYPES
-from minip2p.testing import ldm_config, random_state
+from minip2p.testing import random_state
 
 
 def build(which, cfg, dtype="float32"):
@@ -35,11 +29,7 @@ def build(which, cfg, dtype="float32"):
         unet = UNet(cfg.unet)
     sd = random_state(unet, seed=0)
     if which == "diffusers":
-        ldm = {UNET_PREFIX + k: v for k, v in sd.items()}
-        config = create_unet_diffusers_config_from_ldm(ldm_config(cfg), ldm, image_size=cfg.image_size)
-        model = UNet2DConditionModel(**config)
-        model.load_state_dict(convert_ldm_unet_checkpoint(ldm, config), strict=True)
-        return model.eval().to(DTYPES[dtype])
+        return oracle.unet(cfg, sd).to(DTYPES[dtype])
     unet.load_state_dict(sd, assign=True)
     return unet.eval().to(DTYPES[dtype])
 

@@ -5,13 +5,12 @@ import sys
 
 import pytest
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
 
 import minip2p
-from minip2p import TextConfig
+from minip2p import TextConfig, oracle
 from minip2p.cli import main
 from minip2p.testing import ldm_config, small_config, write_checkpoint
-from minip2p.text import build_text_encoder, load_tokenizer
+from minip2p.text import load_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -42,23 +41,6 @@ def tokenizer():
     return load_tokenizer(TextConfig.sd1())
 
 
-def diffusers_text_encoder(sd, cfg):
-    """The text encoder as diffusers reads it from a single file: SD1 through its CLIP converter; SD2 through
-    its OpenCLIP converter, into a CLIPTextModel one layer short (diffusers' way of taking the penultimate
-    layer)."""
-    if cfg.family == "sd2":
-        model = build_text_encoder(TextConfig(**{**cfg.text.__dict__, "num_layers": cfg.text.num_layers - 1}))
-        dropped = f"encoder.layers.{cfg.text.num_layers - 1}."
-        conv = {k.removeprefix("text_model."): v for k, v in convert_open_clip_checkpoint(model, sd).items()}
-        conv = {k: v for k, v in conv.items() if not k.startswith(dropped) and k != "text_projection.weight"}
-    else:
-        model = build_text_encoder(cfg.text)
-        conv = {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(sd).items()}
-        conv.pop("embeddings.position_ids", None)
-    model.load_state_dict(conv, strict=True)
-    return model.eval()
-
-
 @pytest.fixture(scope="session")
 def diffusers_models(small_ckpt):
     """{family: (UNet2DConditionModel, AutoencoderKL, CLIPTextModel)}: diffusers' reading of the files."""
@@ -66,7 +48,7 @@ def diffusers_models(small_ckpt):
     for family, (path, sd, cfg) in small_ckpt.items():
         unet = UNet2DConditionModel.from_single_file(str(path), original_config=ldm_config(cfg))
         vae = AutoencoderKL.from_single_file(str(path), original_config=ldm_config(cfg))
-        out[family] = (unet.eval(), vae.eval(), diffusers_text_encoder(sd, cfg))
+        out[family] = (unet.eval(), vae.eval(), oracle.text_encoder(sd, cfg))
     return out
 
 

@@ -2,22 +2,12 @@
 
 import pytest
 import torch
-from diffusers import DDIMScheduler
 
-from minip2p import DDIM
+from minip2p import DDIM, oracle
 
 
 def reference(steps_offset=1, prediction="epsilon"):
-
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=steps_offset,
-        prediction_type={"epsilon": "epsilon", "v": "v_prediction"}[prediction],
-    )
+    return oracle.ddim_scheduler(steps_offset, prediction)
 
 
 @pytest.mark.parametrize("steps_offset", [0, 1])

@@ -6,9 +6,10 @@ import inspect
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
 import minip2p
+from minip2p import oracle
 from minip2p.testing import ldm_config, write_checkpoint
 from minip2p.text import encode_text, tokenize
 
@@ -83,25 +84,7 @@ def test_scale_factor_is_config_and_equals_diffusers_default(pipe):
 
 def test_generate_equals_diffusers_pipeline(small_ckpt, diffusers_models, pipe):
     unet, vae, text_encoder = diffusers_models["sd1"]
-    sched = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    ref = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=pipe.tokenizer,
-        unet=unet,
-        scheduler=sched,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    ref.set_progress_bar_config(disable=True)
+    ref = oracle.sd_pipeline(unet, vae, text_encoder, pipe.tokenizer)
     prompts = ["a red circle on a white background", "a blue square"]
     latent = pipe.initial_latent(3, 128, 128)
     ours = pipe.generate(

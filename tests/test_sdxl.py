@@ -7,16 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
-from diffusers.loaders.single_file_utils import (
-    convert_ldm_unet_checkpoint,
-    create_unet_diffusers_config_from_ldm,
-)
 
-from minip2p import ModelConfig, UNet, UNetConfig, VAEConfig
+from minip2p import ModelConfig, UNet, UNetConfig, VAEConfig, oracle
 from minip2p.checkpoint import UNET_PREFIX, CheckpointError, check_config
 from minip2p.layers import added_conditioning
-from minip2p.testing import ldm_config, random_state, small_config
+from minip2p.testing import random_state, small_config
 
 DATA = Path(__file__).parent / "data"
 SIZES = 6  # original (h, w), crop (top, left), target (h, w)
@@ -58,11 +53,8 @@ def test_narrow_sdxl_unet_equals_diffusers(context_dim):
         unet = UNet(cfg)
     sd = random_state(unet, seed=11)
     unet.load_state_dict(sd, assign=True)
-    ldm = {UNET_PREFIX + k: v for k, v in sd.items()}
     model = ModelConfig("custom", cfg, VAEConfig(ch=32), small_config("sd1").text, image_size=64)
-    config = create_unet_diffusers_config_from_ldm(ldm_config(model), ldm)
-    theirs = UNet2DConditionModel(**config)
-    theirs.load_state_dict(convert_ldm_unet_checkpoint(ldm, config), strict=True)
+    theirs = oracle.unet(model, sd)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 4, 16, 16, generator=g)
     ctx = torch.randn(2, 77, context_dim, generator=g)
@@ -72,12 +64,12 @@ def test_narrow_sdxl_unet_equals_diffusers(context_dim):
     with torch.no_grad():
         ours = unet.eval()(x, t, ctx, y=added_conditioning(pooled, sizes))
         if context_dim == 2048:
-            assert config["addition_embed_type"] == "text_time"
+            assert theirs.config.addition_embed_type == "text_time"
             added = {"text_embeds": pooled, "time_ids": sizes}
-            ref = theirs.eval()(x, t, ctx, added_cond_kwargs=added).sample
+            ref = theirs(x, t, ctx, added_cond_kwargs=added).sample
         else:
-            assert config["class_embed_type"] == "projection"
-            ref = theirs.eval()(x, t, ctx, class_labels=added_conditioning(pooled, sizes)).sample
+            assert theirs.config.class_embed_type == "projection"
+            ref = theirs(x, t, ctx, class_labels=added_conditioning(pooled, sizes)).sample
         other = unet(x, t, ctx, y=added_conditioning(pooled, sizes.flip(0)))
     assert ours.abs().mean() > 0.1 and (other - ours).abs().max() > 1e-3  # y matters
     diff = (ours - ref).abs().max()

@@ -1,0 +1,71 @@
+"""diffusers as the oracle: its models, scheduler and pipeline built from the same random weights that
+`minip2p.load` reads, through diffusers' own converters. For tests and benchmarks only (diffusers comes with
+the [dev] extra); nothing that generates or edits imports this module."""
+
+from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_clip_checkpoint,
+    convert_ldm_unet_checkpoint,
+    convert_open_clip_checkpoint,
+    create_unet_diffusers_config_from_ldm,
+)
+
+from .checkpoint import UNET_PREFIX, ModelConfig
+from .testing import ldm_config
+from .text import TextConfig, build_text_encoder
+
+
+def ddim_scheduler(steps_offset: int = 1, prediction: str = "epsilon") -> DDIMScheduler:
+    """SD's DDIM schedule as diffusers configures it (scaled linear betas 0.00085..0.012, no clipping)."""
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=steps_offset,
+        prediction_type={"epsilon": "epsilon", "v": "v_prediction"}[prediction],
+    )
+
+
+def unet(cfg: ModelConfig, state_dict: dict) -> UNet2DConditionModel:
+    """diffusers' UNet from our UNet's state dict (keys without the checkpoint prefix), by its converter."""
+    ldm = {UNET_PREFIX + k: v for k, v in state_dict.items()}
+    config = create_unet_diffusers_config_from_ldm(ldm_config(cfg), ldm)
+    model = UNet2DConditionModel(**config)
+    model.load_state_dict(convert_ldm_unet_checkpoint(ldm, config), strict=True)
+    return model.eval()
+
+
+def text_encoder(sd: dict, cfg: ModelConfig):
+    """The text encoder as diffusers reads it from a single file's state dict: SD1 through its CLIP converter;
+    SD2 through its OpenCLIP converter, into a CLIPTextModel one layer short (diffusers' way of taking the
+    penultimate layer)."""
+    if cfg.family == "sd2":
+        model = build_text_encoder(TextConfig(**{**cfg.text.__dict__, "num_layers": cfg.text.num_layers - 1}))
+        dropped = f"encoder.layers.{cfg.text.num_layers - 1}."
+        conv = {k.removeprefix("text_model."): v for k, v in convert_open_clip_checkpoint(model, sd).items()}
+        conv = {k: v for k, v in conv.items() if not k.startswith(dropped) and k != "text_projection.weight"}
+    else:
+        model = build_text_encoder(cfg.text)
+        conv = {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(sd).items()}
+        conv.pop("embeddings.position_ids", None)
+    model.load_state_dict(conv, strict=True)
+    return model.eval()
+
+
+def sd_pipeline(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
+    """diffusers' StableDiffusionPipeline on given parts, with SD's DDIM schedule, no safety checker and no
+    progress bar."""
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=ddim_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
