@@ -28,8 +28,10 @@ from report import header, measured_on, row, rss_mib
 from safetensors.torch import load_file
 
 import minip2p
-from minip2p import ModelConfig, make_edit, oracle
+import minip2p_oracle as oracle
+from minip2p import ModelConfig, make_edit
 from minip2p.testing import ldm_config, small_config, write_checkpoint
+from minip2p.text import load_tokenizer
 
 PROMPTS = ["a photo of a cat sitting on a bench", "a photo of a dog sitting on a bench"]
 BLEND = ("cat", "dog")
@@ -48,7 +50,7 @@ def diffusers_pipeline(path, cfg, dtype, device):
     unet = UNet2DConditionModel.from_single_file(str(path), original_config=original)
     vae = AutoencoderKL.from_single_file(str(path), original_config=original)
     text = oracle.text_encoder(load_file(str(path)), cfg)
-    tokenizer = minip2p.load(path).tokenizer  # ours: the same files
+    tokenizer = load_tokenizer(cfg.text)  # the CLIP tokenizer files minip2p ships
     return oracle.sd_pipeline(unet, vae, text, tokenizer).to(device=device, dtype=dtype)
 
 

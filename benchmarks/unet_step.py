@@ -18,7 +18,8 @@ import time
 import torch
 from report import measured, rss_mib
 
-from minip2p import Controller, ModelConfig, UNet, oracle
+import minip2p_oracle as oracle
+from minip2p import Controller, ModelConfig, UNet
 from minip2p.pipeline import DTYPES
 from minip2p.testing import random_state
 

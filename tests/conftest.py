@@ -7,7 +7,8 @@ import pytest
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 import minip2p
-from minip2p import TextConfig, oracle
+import minip2p_oracle as oracle
+from minip2p import TextConfig
 from minip2p.cli import main
 from minip2p.testing import ldm_config, small_config, write_checkpoint
 from minip2p.text import load_tokenizer

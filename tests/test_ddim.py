@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from minip2p import DDIM, oracle
+import minip2p_oracle as oracle
+from minip2p import DDIM
 
 
 def reference(steps_offset=1, prediction="epsilon"):

@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 import minip2p
-from minip2p import oracle
+import minip2p_oracle as oracle
 from minip2p.testing import ldm_config, write_checkpoint
 from minip2p.text import encode_text, tokenize
 

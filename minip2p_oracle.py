@@ -1,6 +1,6 @@
 """diffusers as the oracle: its models, scheduler and pipeline built from the same random weights that
-`minip2p.load` reads, through diffusers' own converters. For tests and benchmarks only (diffusers comes with
-the [dev] extra); nothing that generates or edits imports this module."""
+`minip2p.load` reads, through diffusers' own converters. For tests and benchmarks only: a module of its own,
+beside the package, so that nothing under minip2p/ imports diffusers (it comes with the [dev] extra)."""
 
 from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import (
@@ -10,9 +10,9 @@ from diffusers.loaders.single_file_utils import (
     create_unet_diffusers_config_from_ldm,
 )
 
-from .checkpoint import UNET_PREFIX, ModelConfig
-from .testing import ldm_config
-from .text import TextConfig, build_text_encoder
+from minip2p.checkpoint import UNET_PREFIX, ModelConfig
+from minip2p.testing import ldm_config
+from minip2p.text import TextConfig, build_text_encoder
 
 
 def ddim_scheduler(steps_offset: int = 1, prediction: str = "epsilon") -> DDIMScheduler:
