@@ -2,7 +2,13 @@
 `minip2p.load` reads, through diffusers' own converters. For tests and benchmarks only: a module of its own,
 beside the package, so that nothing under minip2p/ imports diffusers (it comes with the [dev] extra)."""
 
-from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.loaders.single_file_utils import (
     convert_ldm_clip_checkpoint,
     convert_ldm_unet_checkpoint,
@@ -10,7 +16,8 @@ from diffusers.loaders.single_file_utils import (
     create_unet_diffusers_config_from_ldm,
 )
 
-from minip2p.checkpoint import UNET_PREFIX, ModelConfig
+from minip2p.checkpoint import SDXL_OPENCLIP_PREFIX, UNET_PREFIX
+from minip2p.config import ModelConfig
 from minip2p.testing import ldm_config
 from minip2p.text import TextConfig, build_text_encoder
 
@@ -29,9 +36,13 @@ def ddim_scheduler(steps_offset: int = 1, prediction: str = "epsilon") -> DDIMSc
 
 
 def unet(cfg: ModelConfig, state_dict: dict) -> UNet2DConditionModel:
-    """diffusers' UNet from our UNet's state dict (keys without the checkpoint prefix), by its converter."""
+    """diffusers' UNet from our UNet's state dict (keys without the checkpoint prefix), by its converter. An
+    SDXL config gets SDXL's "text_time" conditioning, which the converter infers from the context width alone
+    (2048), so not for a narrow SDXL."""
     ldm = {UNET_PREFIX + k: v for k, v in state_dict.items()}
     config = create_unet_diffusers_config_from_ldm(ldm_config(cfg), ldm)
+    if cfg.family == "sdxl":
+        config.update(class_embed_type=None, addition_embed_type="text_time", addition_time_embed_dim=256)
     model = UNet2DConditionModel(**config)
     model.load_state_dict(convert_ldm_unet_checkpoint(ldm, config), strict=True)
     return model.eval()
@@ -66,6 +77,38 @@ def sd_pipeline(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sdxl_text_encoders(sd: dict, cfg: ModelConfig) -> tuple:
+    """SDXL's two text encoders as diffusers reads them from a single file: CLIP ViT-L by its CLIP converter,
+    OpenCLIP bigG by its OpenCLIP converter into a CLIPTextModelWithProjection."""
+    first = build_text_encoder(cfg.text)
+    conv = {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(sd).items()}
+    conv.pop("embeddings.position_ids", None)
+    first.load_state_dict(conv, strict=True)
+    second = build_text_encoder(cfg.text_2)
+    second.load_state_dict(convert_open_clip_checkpoint(second, sd, SDXL_OPENCLIP_PREFIX), strict=True)
+    return first.eval(), second.eval()
+
+
+def sdxl_pipeline(path, sd: dict, cfg: ModelConfig, tokenizer, tokenizer_2) -> StableDiffusionXLPipeline:
+    """diffusers' StableDiffusionXLPipeline on a single SDXL file (UNet, VAE, both text encoders through
+    diffusers' converters), with SD's DDIM schedule, zeros for no negative prompt, no watermark."""
+    prefix = len(UNET_PREFIX)
+    text_encoder, text_encoder_2 = sdxl_text_encoders(sd, cfg)
+    pipe = StableDiffusionXLPipeline(
+        vae=AutoencoderKL.from_single_file(str(path), original_config=ldm_config(cfg)).eval(),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet(cfg, {k[prefix:]: v for k, v in sd.items() if k.startswith(UNET_PREFIX)}),
+        scheduler=ddim_scheduler(),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -4,7 +4,8 @@ __version__ = "0.2.0"
 
 from .attention import Controller, Place, attention
 from .blend import LocalBlend
-from .checkpoint import ModelConfig, save_checkpoint
+from .checkpoint import save_checkpoint
+from .config import ModelConfig
 from .ddim import DDIM
 from .inversion import Inversion
 from .p2p import Refine, Replace, Reweight, make_edit

@@ -114,8 +114,14 @@ class LocalBlend:
         return mask.to(dtype)
 
     def blend(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        h, w = (s // self.factor for s in self.latent_hw)
+        if i == 0 and not self.step_maps and self.user_mask is None:  # else it would silently not blend
+            raise ValueError(
+                f"LocalBlend reads the {h}x{w} cross-attention maps (res_fraction {self.res_fraction:g} of "
+                f"the {self.latent_hw[0]}x{self.latent_hw[1]} latent), and this model has none of that size: "
+                "give another res_fraction or a larger image"
+            )
         if self.step_maps:  # this step's maps, averaged over places, added to the running sum
-            h, w = (s // self.factor for s in self.latent_hw)
             maps = torch.stack(self.step_maps).mean(0)
             maps = maps.reshape(maps.shape[0], h, w, maps.shape[-1])
             self.sum, self.step_maps = maps if self.sum is None else self.sum + maps, []

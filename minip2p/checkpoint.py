@@ -1,15 +1,12 @@
-"""Reading weights from disk: CompVis single-file .safetensors (SD1, SD2, our own models) and diffusers
-folders.
+"""Reading weights from disk: single-file .safetensors in the CompVis layout (SD1, SD2, our own models) or
+the SGM layout (SDXL base), and diffusers folders.
 
-The SD1/SD2 UNet and VAE need no key table (our module paths are the CompVis keys). The only tables are
-`openclip_to_clip` (SD2's text tower) and, in `diffusers_folder.py`, the diffusers folder layout.
-Every problem with a file is reported before any model is built, naming the file and the keys.
+The UNet and VAE need no key table (our module paths are the CompVis/SGM keys). The only tables are
+`openclip_to_clip` (the OpenCLIP text towers of SD2 and SDXL) and, in `diffusers_folder.py`, the diffusers
+folder layout. Every problem with a file is reported before any model is built, naming the file and the keys.
 """
 
-import json
-import math
 import shlex
-from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
 
@@ -17,178 +14,28 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .checks import whole
+from .config import CheckpointError, ModelConfig
 from .files import atomic_write
-from .text import TextConfig
-from .unet import UNetConfig
-from .vae import VAEConfig
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer.text_model."  # SD1 (and our models): transformers' CLIP names
 OPENCLIP_PREFIX = "cond_stage_model.model."  # SD2: OpenCLIP's names
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer.text_model."  # SDXL's CLIP ViT-L
+SDXL_OPENCLIP_PREFIX = "conditioner.embedders.1.model."  # SDXL's OpenCLIP ViT-bigG
+REFINER_OPENCLIP_PREFIX = "conditioner.embedders.0.model."  # the SDXL refiner's only text encoder (bigG)
+LABEL_EMB = UNET_PREFIX + "label_emb.0.0.weight"  # SDXL's added conditioning: (1280, pooled + 6 x 256)
 IGNORED_TEXT_KEYS = ("embeddings.position_ids",)  # a buffer some files hold, some do not
-IGNORED_OPENCLIP_KEYS = ("text_projection", "logit_scale", "attn_mask")  # not used for SD2 conditioning
+IGNORED_OPENCLIP_KEYS = ("logit_scale", "attn_mask")  # never used for conditioning
 META_KEY = "minip2p_config"
 BUNDLED_MODEL = files("minip2p") / "data" / "shapes.safetensors"  # package data: in the wheel too
 
 
-@dataclass
-class ModelConfig:
-    family: str = "sd1"  # "sd1", "sd2" or "custom" (our own small models)
-    unet: UNetConfig = field(default_factory=UNetConfig.sd1)
-    vae: VAEConfig = field(default_factory=VAEConfig)
-    text: TextConfig = field(default_factory=TextConfig.sd1)
-    prediction: str = "epsilon"  # "epsilon" or "v" (not visible in the weights)
-    image_size: int = 512  # default height and width of generated images
-
-    @classmethod
-    def sd1(cls):
-        return cls()
-
-    @classmethod
-    def sd2(cls, prediction="epsilon"):
-        return cls(
-            "sd2",
-            UNetConfig.sd2(),
-            VAEConfig(),
-            TextConfig.sd2(),
-            prediction,
-            768 if prediction == "v" else 512,
-        )
-
-    def to_json(self):
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, s: str, where="the config") -> "ModelConfig":
-        """A config written by to_json -> ModelConfig, checked (see check_config); one line for any fault."""
-        try:
-            d = json.loads(s)
-            parts = {}
-            for name, part in PARTS.items():
-                given = {k: tuple(v) if isinstance(v, list) else v for k, v in d.pop(name).items()}
-                unknown = set(given) - {f.name for f in fields(part)}
-                if unknown:
-                    raise ValueError(f"unknown {name} fields {sorted(unknown)}")
-                parts[name] = part(**given)
-            cfg = cls(**d, **parts)
-        except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(
-                f"{where} is not a minip2p model config ({type(e).__name__}: {e})"
-            ) from None
-        return check_config(cfg, where)
-
-
-PARTS = {"unet": UNetConfig, "vae": VAEConfig, "text": TextConfig}
-# every size a config may give, (low, high): the largest real models (SDXL, OpenCLIP bigG) fit with room to
-# spare, and nothing larger is built, so that a file's metadata cannot make us allocate what no model needs
-LIMITS = {
-    "unet": dict(
-        in_channels=(1, 64),
-        out_channels=(1, 64),
-        model_channels=(1, 4096),
-        num_res_blocks=(1, 16),
-        num_heads=(1, 256),
-        head_dim=(1, 1024),
-        context_dim=(1, 16384),
-        transformer_depth=(1, 64),
-        norm_groups=(1, 1024),
-        adm_in_channels=(1, 16384),
-    ),
-    "vae": dict(
-        ch=(1, 2048), num_res_blocks=(1, 16), in_channels=(1, 16), z_channels=(1, 256), norm_groups=(1, 1024)
-    ),
-    "text": dict(
-        hidden_size=(1, 16384),
-        intermediate_size=(1, 65536),
-        num_layers=(1, 128),
-        num_heads=(1, 256),
-        vocab_size=(1, 1_000_000),
-        max_length=(2, 1024),
-    ),
-}
-MULTIPLIERS = (1, 64)  # channel_mult / ch_mult entries
-MAX_LEVELS = 8
-
-
-def check_config(cfg: ModelConfig, where) -> ModelConfig:
-    """Every number of a config in its range and consistent with the others, before anything is built: a
-    config is read from a file, and a file may lie."""
-
-    def fail(what):
-        raise CheckpointError(f"{where}: {what}")
-
-    for part, limits in LIMITS.items():
-        sub = getattr(cfg, part)
-        for name, (low, high) in limits.items():
-            value = getattr(sub, name)
-            if part == "unet" and name == "head_dim" and value in (None, 0):
-                continue  # num_heads heads (0: configs written before None meant it)
-            if part == "unet" and name == "transformer_depth" and isinstance(value, tuple):
-                if not isinstance(sub.channel_mult, tuple) or len(value) != len(sub.channel_mult):
-                    fail(f"unet.transformer_depth {value} must give one depth per level of channel_mult")
-                for depth in value:
-                    try:
-                        whole(depth, "unet.transformer_depth entry", low, high)
-                    except ValueError as e:
-                        fail(e)
-                continue
-            if part == "unet" and name == "adm_in_channels" and value is None:
-                continue  # no added conditioning (all but SDXL)
-            try:
-                whole(value, f"{part}.{name}", low, high)
-            except ValueError as e:
-                fail(e)
-    for part, name in (("unet", "channel_mult"), ("vae", "ch_mult")):
-        mult = getattr(getattr(cfg, part), name)
-        if not isinstance(mult, tuple) or not 1 <= len(mult) <= MAX_LEVELS:
-            fail(f"{part}.{name} must be a list of 1 to {MAX_LEVELS} widths, not {mult!r}")
-        for m in mult:
-            try:
-                whole(m, f"{part}.{name} entry", *MULTIPLIERS)
-            except ValueError as e:
-                fail(e)
-    u, v, t = cfg.unet, cfg.vae, cfg.text
-    levels = [2**i for i in range(len(u.channel_mult))]
-    if not all(r in levels for r in u.attention_resolutions):
-        fail(
-            f"unet.attention_resolutions {u.attention_resolutions} must be among the levels' factors {levels}"
-        )
-    widths = [u.model_channels * m for m in u.channel_mult] + [v.ch * m for m in v.ch_mult]
-    groups = [u.norm_groups] * (len(u.channel_mult)) + [v.norm_groups] * len(v.ch_mult)
-    if any(w % g for w, g in zip(widths, groups)):
-        fail(f"every width {widths} must be a multiple of its norm_groups ({u.norm_groups}, {v.norm_groups})")
-    heads = [u.heads(u.model_channels * m) for m in u.channel_mult]
-    if u.head_dim and any(u.model_channels * m % u.head_dim for m in u.channel_mult):
-        fail(f"unet.head_dim {u.head_dim} must divide every width {widths[: len(u.channel_mult)]}")
-    if any(u.model_channels * m % h for m, h in zip(u.channel_mult, heads)):
-        fail(f"unet.num_heads {u.num_heads} must divide every width {widths[: len(u.channel_mult)]}")
-    if t.hidden_size % t.num_heads or t.hidden_size != u.context_dim:
-        fail(
-            f"text.hidden_size {t.hidden_size} must equal unet.context_dim {u.context_dim} and be a multiple "
-            f"of text.num_heads {t.num_heads}"
-        )
-    if not (
-        isinstance(v.scale_factor, (int, float)) and math.isfinite(v.scale_factor) and v.scale_factor > 0
-    ):
-        fail(f"vae.scale_factor must be a positive finite number, not {v.scale_factor!r}")
-    if not isinstance(v.upcast, bool):
-        fail(f"vae.upcast must be true or false, not {v.upcast!r}")
-    if t.hidden_act not in ("quick_gelu", "gelu") or not isinstance(t.pad_token, str):
-        fail(f"text.hidden_act must be quick_gelu or gelu (and pad_token a string), not {t.hidden_act!r}")
-    if cfg.family not in ("sd1", "sd2", "custom") or cfg.prediction not in ("epsilon", "v"):
-        fail(
-            f"family {cfg.family!r}, prediction {cfg.prediction!r}: expected sd1, sd2 or custom; epsilon or v"
-        )
-    step = v.factor * 2 ** (len(u.channel_mult) - 1)
-    if not isinstance(cfg.image_size, int) or not step <= cfg.image_size <= 8192 or cfg.image_size % step:
-        fail(f"image_size must be a multiple of {step} up to 8192, not {cfg.image_size!r}")
-    return cfg
-
-
-def text_prefix(cfg: ModelConfig) -> str:
-    return OPENCLIP_PREFIX if cfg.family == "sd2" else CLIP_PREFIX
+def text_prefixes(cfg: ModelConfig) -> dict:
+    """Each text encoder's part name -> its key prefix in a single file."""
+    if cfg.family == "sdxl":
+        return {"text": SDXL_CLIP_PREFIX, "text_2": SDXL_OPENCLIP_PREFIX}
+    return {"text": OPENCLIP_PREFIX if cfg.family == "sd2" else CLIP_PREFIX}
 
 
 def cast(sd: dict, dtype: torch.dtype) -> dict:
@@ -196,9 +43,11 @@ def cast(sd: dict, dtype: torch.dtype) -> dict:
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
 
 
-def openclip_to_clip(sd):
+def openclip_to_clip(sd, projection: bool = False):
     """OpenCLIP text tower keys (prefix stripped) -> transformers CLIPTextModel keys. The fused attention
-    projection `in_proj_weight` (3D, D) is q, k, v stacked: split it into q_proj, k_proj, v_proj."""
+    projection `in_proj_weight` (3D, D) is q, k, v stacked: split it into q_proj, k_proj, v_proj. With
+    `projection` (SDXL's bigG), CLIPTextModelWithProjection keys: OpenCLIP's `text_projection` is used as
+    x @ W, a Linear as x @ W.T, so its weight is W.T; without it (SD2), the projection is not used."""
     layer_names = {
         "ln_1": "layer_norm1",
         "ln_2": "layer_norm2",
@@ -208,9 +57,11 @@ def openclip_to_clip(sd):
     }
     out = {}
     for k, v in sd.items():
-        if k in IGNORED_OPENCLIP_KEYS:
+        if k in IGNORED_OPENCLIP_KEYS or (k == "text_projection" and not projection):
             continue
-        if k == "token_embedding.weight":
+        if k == "text_projection":
+            out["text_projection.weight"] = v.T.contiguous()
+        elif k == "token_embedding.weight":
             out["embeddings.token_embedding.weight"] = v
         elif k == "positional_embedding":
             out["embeddings.position_embedding.weight"] = v
@@ -228,11 +79,9 @@ def openclip_to_clip(sd):
                 out[pre + layer_names.get(module, module) + "." + kind] = v
         else:
             out[k] = v  # left as is: reported as unexpected by the key check
+    if projection:
+        return {k if k == "text_projection.weight" else "text_model." + k: v for k, v in out.items()}
     return out
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -279,16 +128,18 @@ def read_safetensors(path):
 
 def infer_config(tensors, meta, path, prediction=None):
     """The model family from __metadata__ (our models) or from keys and shapes (SD1: conv proj_in, context
-    768; SD2: linear proj_in, context 1024)."""
+    768; SD2: linear proj_in, context 1024; SDXL: the SGM layout, with `label_emb` and two text encoders)."""
     if META_KEY in meta:
         cfg = ModelConfig.from_json(meta[META_KEY], f"{path} ({META_KEY} metadata)")
+    elif any(k.startswith("conditioner.") for k in tensors) or LABEL_EMB in tensors:
+        cfg = sdxl_config(tensors, path)
     else:
         proj = tensors.get(UNET_PREFIX + "input_blocks.1.1.proj_in.weight")
         to_k = tensors.get(UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")
         if proj is None or to_k is None:
             raise CheckpointError(
                 f"{path}: no Stable Diffusion UNet found (no key {UNET_PREFIX}input_blocks.1.1.proj_in."
-                f"weight); expected an SD v1.x/v2.x single-file checkpoint in CompVis layout"
+                f"weight); expected an SD v1.x/v2.x/XL single-file checkpoint in CompVis/SGM layout"
             )
         linear, ctx = proj.dim() == 2, to_k.shape[1]
         if ctx == 768 and not linear:
@@ -307,20 +158,51 @@ def infer_config(tensors, meta, path, prediction=None):
     return cfg
 
 
-def split_parts(tensors, cfg):
-    """Full checkpoint -> (unet, vae, text) state dicts with prefixes stripped; other keys are ignored
-    (schedule buffers, model_ema.*, ...)."""
+def sdxl_config(tensors, path) -> ModelConfig:
+    """A file in the SGM layout -> SDXL base's config, or a one-line error for the refiner (another model:
+    bigG alone, a 2560-wide label_emb) and for a file with only some of SDXL's parts."""
+    label = tensors.get(LABEL_EMB)
+    if any(k.startswith(REFINER_OPENCLIP_PREFIX) for k in tensors) or (
+        label is not None and label.dim() == 2 and label.shape[1] == 2560
+    ):
+        raise CheckpointError(
+            f"{path} is an SDXL refiner checkpoint, which minip2p does not support: load the SDXL base model "
+            "(sd_xl_base_1.0.safetensors)"
+        )
+    parts = {
+        "the UNet's added conditioning": LABEL_EMB,
+        "the VAE": VAE_PREFIX,
+        "text encoder 1 (CLIP ViT-L)": SDXL_CLIP_PREFIX,
+        "text encoder 2 (OpenCLIP ViT-bigG)": SDXL_OPENCLIP_PREFIX,
+    }
+    missing = [
+        f"{what} ({prefix}...)"
+        for what, prefix in parts.items()
+        if not any(k.startswith(prefix) for k in tensors)
+    ]
+    if missing:
+        raise CheckpointError(
+            f"{path} holds only part of an SDXL model: no {', no '.join(missing)}; give the whole "
+            "sd_xl_base_1.0.safetensors"
+        )
+    return ModelConfig.sdxl()
+
+
+def split_parts(tensors, cfg) -> dict:
+    """Full checkpoint -> {part name: state dict with the prefix stripped} (unet, vae, text, and SDXL's
+    text_2); other keys are ignored (schedule buffers, model_ema.*, ...)."""
 
     def part(prefix):
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
-    unet, vae = part(UNET_PREFIX), part(VAE_PREFIX)
-    vae = {k: v for k, v in vae.items() if not k.startswith("loss.")}  # training-only discriminator
-    if cfg.family == "sd2":
-        text = openclip_to_clip(part(OPENCLIP_PREFIX))
-    else:
-        text = {k: v for k, v in part(CLIP_PREFIX).items() if k not in IGNORED_TEXT_KEYS}
-    return unet, vae, text
+    vae = {k: v for k, v in part(VAE_PREFIX).items() if not k.startswith("loss.")}  # training discriminator
+    parts = {"unet": part(UNET_PREFIX), "vae": vae}
+    for name, prefix in text_prefixes(cfg).items():
+        if prefix in (OPENCLIP_PREFIX, SDXL_OPENCLIP_PREFIX):
+            parts[name] = openclip_to_clip(part(prefix), projection=name == "text_2")
+        else:
+            parts[name] = {k: v for k, v in part(prefix).items() if k not in IGNORED_TEXT_KEYS}
+    return parts
 
 
 def check_state_dict(sd, expected, path, what, prefix=""):
@@ -361,8 +243,10 @@ def check_state_dict(sd, expected, path, what, prefix=""):
 def save_checkpoint(path, cfg: ModelConfig, unet, vae, text_encoder, dtype=None):
     """Write a single-file checkpoint in the CompVis layout with the config in __metadata__ (SD1-style text
     keys; use it for SD1 and our own models)."""
-    if cfg.family == "sd2":
-        raise ValueError("save_checkpoint writes SD1-layout text keys; an SD2 model cannot be saved with it")
+    if cfg.family in ("sd2", "sdxl"):
+        raise ValueError(
+            f"save_checkpoint writes SD1-layout text keys; an {cfg.family} model cannot be saved"
+        )
     out = {}
     for prefix, module in ((UNET_PREFIX, unet), (VAE_PREFIX, vae), (CLIP_PREFIX, text_encoder)):
         for k, v in module.state_dict().items():

@@ -45,3 +45,10 @@ def whole(value, name: str, low: int = 1, high: int | None = None) -> int:
 def seed(value) -> int:
     """A seed: 0 <= seed < 2**32, each giving its own noise."""
     return whole(value, "seed", 0, SEED_LIMIT - 1)
+
+
+def size_pair(value, name: str) -> tuple:
+    """A (height, width) or (top, left) pair of whole pixel counts >= 0 (SDXL's micro-conditioning)."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair of whole numbers (height, width), not {value!r}")
+    return tuple(whole(v, f"{name} entry", 0, 1 << 16) for v in value)

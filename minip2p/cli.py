@@ -209,7 +209,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--prompt", action="append", required=True, help="repeat for several images from one noise"
     )
-    g.add_argument("--negative", default="", help="negative prompt")
+    g.add_argument(
+        "--negative", default=None, help="negative prompt (none: the empty prompt; SDXL: zero embeddings)"
+    )
     g.add_argument("--height", type=int, help="image height (default: the model's size)")
     g.add_argument("--max-size", type=int, help="allow sizes up to this (default: 4x the model's size)")
     g.add_argument("--width", type=int, help="image width (default: the model's size)")

@@ -1,4 +1,5 @@
-"""Reading a diffusers-format folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+"""Reading a diffusers-format folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/; SDXL: also
+text_encoder_2/ and tokenizer_2/).
 
 diffusers renamed CompVis' modules (`down_blocks.1.resnets.0.norm1` is CompVis'
 `input_blocks.4.0.in_layers.0`). Our modules keep the CompVis names, so this file holds the project's one
@@ -13,7 +14,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .checkpoint import CheckpointError, ModelConfig, check_config
+from .config import CheckpointError, ModelConfig, check_config
 from .text import TextConfig
 from .unet import UNetConfig
 from .vae import VAEConfig
@@ -46,6 +47,8 @@ def unet_key(k, res_blocks, up_has_attn):
         "conv_in": "input_blocks.0.0",
         "time_embedding.linear_1": "time_embed.0",
         "time_embedding.linear_2": "time_embed.2",
+        "add_embedding.linear_1": "label_emb.0.0",  # SDXL's added conditioning
+        "add_embedding.linear_2": "label_emb.0.2",
         "conv_norm_out": "out.0",
         "conv_out": "out.2",
     }
@@ -132,41 +135,84 @@ def read_weights(folder):
 
 
 def read_diffusers_folder(path, prediction=None):
-    """-> (ModelConfig, (unet, vae, text) state dicts with CompVis / transformers keys, tokenizer folder or
-    None). The configs are read and checked before any weights."""
+    """-> (ModelConfig, {part: state dict with CompVis / transformers keys}, {text part: tokenizer folder}).
+    The configs are read and checked before any weights."""
     path = Path(path)
-    cfg, tok_dir, up_has_attn = folder_config(path, prediction)
+    cfg, tok_dirs, up_has_attn = folder_config(path, prediction)
     res_blocks = cfg.unet.num_res_blocks
     unet_sd = {unet_key(k, res_blocks, up_has_attn): v for k, v in read_weights(path / "unet").items()}
     vae_sd = {}
     for k, v in read_weights(path / "vae").items():
         k = vae_key(k, len(cfg.vae.ch_mult))
         vae_sd[k] = v[..., None, None] if ".mid.attn_1." in k and k.endswith("weight") and v.dim() == 2 else v
-    text_sd = {
-        k.removeprefix("text_model."): v
-        for k, v in read_weights(path / "text_encoder").items()
-        if not k.endswith("position_ids")
-    }
-    return cfg, (unet_sd, vae_sd, text_sd), tok_dir
+    parts = {"unet": unet_sd, "vae": vae_sd}
+    for name, folder in TEXT_FOLDERS.items():
+        if name == "text_2" and cfg.text_2 is None:
+            continue
+        sd = {k: v for k, v in read_weights(path / folder).items() if not k.endswith("position_ids")}
+        # CLIPTextModel: no text_model. level in transformers 5; CLIPTextModelWithProjection keeps it
+        parts[name] = sd if name == "text_2" else {k.removeprefix("text_model."): v for k, v in sd.items()}
+    return cfg, parts, tok_dirs
+
+
+TEXT_FOLDERS = {"text": "text_encoder", "text_2": "text_encoder_2"}
 
 
 def folder_config(path: Path, prediction=None) -> tuple:
-    """The folder's config.json files -> (ModelConfig, checked; tokenizer folder or None; which up blocks
-    have attention)."""
+    """The folder's config.json files -> (ModelConfig, checked; {text part: tokenizer folder}; which up
+    blocks have attention)."""
+    if (path / "text_encoder_2").is_dir() and not (path / "text_encoder").is_dir():
+        raise CheckpointError(
+            f"{path} is an SDXL refiner (text_encoder_2/ alone), which minip2p does not support: load "
+            "the SDXL base model"
+        )
     unet_cfg, vae_cfg, text_cfg = (
         read_json(path / p / "config.json") for p in ("unet", "vae", "text_encoder")
     )
+    text_2_cfg = None
+    if (path / "text_encoder_2").is_dir() or unet_cfg.get("addition_embed_type") == "text_time":
+        if not (path / "text_encoder_2" / "config.json").is_file():
+            raise CheckpointError(
+                f"{path} holds only part of an SDXL model: its UNet takes SDXL's added conditioning, but "
+                "there is no text_encoder_2/config.json"
+            )
+        text_2_cfg = read_json(path / "text_encoder_2" / "config.json")
     try:
-        cfg, tok_dir = configs(path, unet_cfg, vae_cfg, text_cfg, prediction)
+        cfg, tok_dirs = configs(path, unet_cfg, vae_cfg, text_cfg, prediction, text_2_cfg)
         up_has_attn = ["CrossAttn" in t for t in unet_cfg["up_block_types"]]
     except KeyError as e:
         raise CheckpointError(f"{path}: a config.json lacks the field {e}") from None
     except (TypeError, ValueError, ZeroDivisionError, IndexError, AttributeError) as e:
         raise CheckpointError(f"{path}: a config.json holds a value minip2p cannot use ({e})") from None
-    return check_config(cfg, path), tok_dir, up_has_attn
+    return check_config(cfg, path), tok_dirs, up_has_attn
 
 
-def configs(path, unet_cfg, vae_cfg, text_cfg, prediction) -> tuple:
+def tokenizer_folder(folder: Path) -> tuple:
+    """A tokenizer folder -> (the folder or None when it holds no tokenizer, its pad token or None)."""
+    if not any((folder / f).is_file() for f in ("vocab.json", "tokenizer.json")):
+        return None, None
+    pad = None
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            p = json.loads((folder / name).read_text()).get("pad_token") or pad
+            pad = p["content"] if isinstance(p, dict) else p
+    return folder, pad
+
+
+def text_config(text_cfg: dict, pad: str) -> TextConfig:
+    return TextConfig(
+        hidden_size=text_cfg["hidden_size"],
+        intermediate_size=text_cfg["intermediate_size"],
+        num_layers=text_cfg["num_hidden_layers"],
+        num_heads=text_cfg["num_attention_heads"],
+        hidden_act=text_cfg["hidden_act"],
+        vocab_size=text_cfg["vocab_size"],
+        max_length=text_cfg["max_position_embeddings"],
+        pad_token=pad,
+    )
+
+
+def configs(path, unet_cfg, vae_cfg, text_cfg, prediction, text_2_cfg=None) -> tuple:
     widths, res_blocks = unet_cfg["block_out_channels"], unet_cfg["layers_per_block"]
     if not widths or min(widths) <= 0 or min(vae_cfg["block_out_channels"] or [0]) <= 0:
         raise ValueError("block_out_channels must be positive widths")
@@ -199,31 +245,31 @@ def configs(path, unet_cfg, vae_cfg, text_cfg, prediction) -> tuple:
         norm_groups=vae_cfg.get("norm_num_groups", 32),
         scale_factor=vae_cfg.get("scaling_factor", 0.18215),
     )
-    tok_dir = path / "tokenizer"
-    tok_dir = tok_dir if any((tok_dir / f).is_file() for f in ("vocab.json", "tokenizer.json")) else None
-    pad = "<|endoftext|>"  # SD1's; SD2's folders say "!" in their tokenizer files
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        if tok_dir and (tok_dir / name).is_file():
-            p = json.loads((tok_dir / name).read_text()).get("pad_token") or pad
-            pad = p["content"] if isinstance(p, dict) else p
-    text = TextConfig(
-        hidden_size=text_cfg["hidden_size"],
-        intermediate_size=text_cfg["intermediate_size"],
-        num_layers=text_cfg["num_hidden_layers"],
-        num_heads=text_cfg["num_attention_heads"],
-        hidden_act=text_cfg["hidden_act"],
-        vocab_size=text_cfg["vocab_size"],
-        max_length=text_cfg["max_position_embeddings"],
-        pad_token=pad,
-    )
+    tok_dir, pad = tokenizer_folder(path / "tokenizer")
+    text = text_config(text_cfg, pad or "<|endoftext|>")  # SD1's pad; SD2's folders say "!"
+    tok_dirs, text_2, sdxl = {"text": tok_dir}, None, text_2_cfg is not None
+    if sdxl:  # both encoders read at the penultimate layer, without the final norm; the 2nd pads with "!"
+        tok_dirs["text_2"], pad_2 = tokenizer_folder(path / "tokenizer_2")
+        text_2 = text_config(text_2_cfg, pad_2 or "!")
+        text_2.projection_dim = text_2_cfg["projection_dim"]
+        for t in (text, text_2):
+            t.penultimate, t.final_norm = True, False
+        unet.adm_in_channels = unet_cfg["projection_class_embeddings_input_dim"]
+        vae.upcast = bool(vae_cfg.get("force_upcast", True))
     sched = path / "scheduler" / "scheduler_config.json"
     pred = json.loads(sched.read_text()).get("prediction_type", "epsilon") if sched.is_file() else "epsilon"
     family = (
-        "sd2"
+        "sdxl"
+        if sdxl
+        else "sd2"
         if unet.use_linear_proj and unet.context_dim == 1024
         else "sd1"
         if unet.context_dim == 768
         else "custom"
+    )
+    index = path / "model_index.json"
+    zeros = (
+        json.loads(index.read_text()).get("force_zeros_for_empty_prompt", True) if index.is_file() else True
     )
     cfg = ModelConfig(
         family,
@@ -232,5 +278,7 @@ def configs(path, unet_cfg, vae_cfg, text_cfg, prediction) -> tuple:
         text,
         prediction or {"v_prediction": "v"}.get(pred, pred),
         unet_cfg.get("sample_size", 64) * vae.factor,
+        text_2,
+        sdxl and bool(zeros),
     )
-    return cfg, tok_dir
+    return cfg, tok_dirs

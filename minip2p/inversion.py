@@ -45,6 +45,7 @@ class Inversion:
         None  # a few of the model's weights (Pipeline.probe): which model inverted it
     )
     trajectory: torch.Tensor | None = None  # (steps + 1, 1, C, h, w): x_0 ... x_T (saved for "direct")
+    null_pooled: torch.Tensor | None = None  # SDXL: (1, P) pooled embedding of the unconditional half
 
     def source_latent(self, i: int) -> torch.Tensor | None:
         """Direct Inversion: where the source branch must be after sampling step i (the inverted trajectory's
@@ -60,7 +61,13 @@ class Inversion:
         cfg = pipe.config
         latent = (1, cfg.unet.in_channels)
         nulls = (cfg.text.max_length, cfg.unet.context_dim)
-        if tuple(self.latent.shape[:2]) != latent or tuple(self.null_embeddings.shape[1:]) != nulls:
+        pooled = None if cfg.text_2 is None else (1, cfg.text_2.projection_dim)
+        own_pooled = None if self.null_pooled is None else tuple(self.null_pooled.shape)
+        if (
+            tuple(self.latent.shape[:2]) != latent
+            or tuple(self.null_embeddings.shape[1:]) != nulls
+            or own_pooled != pooled
+        ):
             raise ValueError(
                 f"this inversion (latent {tuple(self.latent.shape)}, null embeddings "
                 f"{tuple(self.null_embeddings.shape)}) was made with another kind of model"
@@ -100,6 +107,8 @@ class Inversion:
         tensors = {"latent": self.latent, "null_embeddings": self.null_embeddings}
         if self.probe is not None:
             tensors["probe"] = self.probe
+        if self.null_pooled is not None:
+            tensors["null_pooled"] = self.null_pooled
         if self.method == "direct":
             tensors["trajectory"] = self.trajectory
         tensors = {k: v.clone().contiguous() for k, v in tensors.items()}  # latent is a view of trajectory
@@ -129,6 +138,7 @@ class Inversion:
                 float(meta["guidance_scale"]),
                 int(meta["steps_offset"]),
                 tensors.get("probe"),
+                null_pooled=tensors.get("null_pooled"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path}: an inversion file lacks or garbles {e}") from None
@@ -143,7 +153,12 @@ class Inversion:
                 f"{path}: latent {tuple(latent.shape)} / null embeddings {tuple(nulls.shape)} are "
                 "not an inversion's (1, C, h, w) / (steps, tokens, width)"
             )
-        if not (torch.isfinite(latent).all() and torch.isfinite(nulls).all()):
+        pooled = inversion.null_pooled
+        if pooled is not None and (pooled.dim() != 2 or pooled.shape[0] != 1):
+            raise ValueError(f"{path}: null_pooled {tuple(pooled.shape)} is not a (1, width) embedding")
+        if not all(
+            torch.isfinite(t).all() for t in (latent, nulls, torch.zeros(0) if pooled is None else pooled)
+        ):
             raise ValueError(f"{path} holds NaN or infinite values: the file is damaged")
         if inversion.method == "direct":
             inversion.trajectory = tensors.get("trajectory")
@@ -197,46 +212,60 @@ def invert(
         raise ValueError("the image tensor holds NaN or infinite values")
     pipe.check_size(image.shape[2], image.shape[3])
     ddim = DDIM(steps, steps_offset, pipe.config.prediction)
-    cond, null = pipe.encode_prompts([prompt]), pipe.encode_prompts([""])
+    (cond, pooled), (null, null_pooled) = pipe.encode_text([prompt]), pipe.encode_negative(None)
+    if method == "negative-prompt":
+        null, null_pooled = cond, pooled
+    height, width = image.shape[2:]
+    y_cond, y_null = (pipe.added_conditioning(p, height, width) for p in (pooled, null_pooled))
     with torch.no_grad():
         x = pipe.encode(image)
         trajectory = [x]
         for t in tqdm(ddim.timesteps.flip(0), desc="DDIM inversion", disable=not progress, leave=False):
-            x = ddim.inverse_step(pipe.predict(x, t, cond), t, x)  # ascending: x_0 -> x_T
+            x = ddim.inverse_step(pipe.predict(x, t, cond, y=y_cond), t, x)  # ascending: x_0 -> x_T
             trajectory.append(x)
-    if method in ("ddim", "direct"):
-        nulls = null.expand(steps, -1, -1)
-    elif method == "negative-prompt":
-        nulls = cond.expand(steps, -1, -1)
-    else:
+    if method == "null-text":
+        conditions = cond, y_cond, y_null
         nulls = null_text_optimisation(
-            pipe, ddim, trajectory, cond, null, guidance_scale, inner_steps, early_stop, progress
+            pipe, ddim, trajectory, conditions, null, guidance_scale, inner_steps, early_stop, progress
         )
+    else:
+        nulls = null.expand(steps, -1, -1)
     trajectory = torch.stack(trajectory)
     return Inversion(
-        trajectory[-1], nulls.clone(), prompt, method, guidance_scale, steps_offset, pipe.probe(), trajectory
+        trajectory[-1],
+        nulls.clone(),
+        prompt,
+        method,
+        guidance_scale,
+        steps_offset,
+        pipe.probe(),
+        trajectory,
+        None if null_pooled is None else null_pooled.clone(),
     )
 
 
 def null_text_optimisation(
-    pipe, ddim, trajectory, cond, null, guidance_scale, inner_steps, early_stop, progress
+    pipe, ddim, trajectory, conditions, null, guidance_scale, inner_steps, early_stop, progress
 ):
     """Per step i, Adam on the null embedding (lr 1e-2 (1 - i/100)) until the guided step from the current
     latent lands on the inverted trajectory's next latent (loss < early_stop + i * 2e-5), at most inner_steps
     times. The conditional prediction is computed once per step; no graph is kept across steps. In fp16/bf16
     the embedding and its Adam state stay fp32 (a fp16 Adam step divides by an underflowed second moment:
-    NaN)."""
+    NaN). SDXL: only the token embeddings (the context) are optimised; the pooled embedding in y_null stays
+    what sampling gives the unconditional half (zeros), as in the null-text paper, which optimises only what
+    the cross-attention reads."""
+    cond, y_cond, y_null = conditions
     nulls, x = [], trajectory[-1]
     bar = tqdm(ddim.timesteps, desc="null-text optimisation", disable=not progress, leave=False)
     for i, t in enumerate(bar):
         target = trajectory[-2 - i].float()  # the loss is taken in fp32
         t = t.to(pipe.device)
         with torch.no_grad():
-            out_cond = pipe.predict(x, t, cond)
+            out_cond = pipe.predict(x, t, cond, y=y_cond)
         null = null.detach().to(torch.float32, copy=True).requires_grad_(True)
         opt = torch.optim.Adam([null], lr=1e-2 * (1.0 - i / 100.0))
         for _ in range(inner_steps):
-            out = guided(pipe.predict(x, t, null.to(cond.dtype)), out_cond, guidance_scale)
+            out = guided(pipe.predict(x, t, null.to(cond.dtype), y=y_null), out_cond, guidance_scale)
             loss = F.mse_loss(ddim.step(out, t, x), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -246,5 +275,5 @@ def null_text_optimisation(
         null = null.detach().to(cond.dtype)
         nulls.append(null[0])
         with torch.no_grad():
-            x = ddim.step(guided(pipe.predict(x, t, null), out_cond, guidance_scale), t, x)
+            x = ddim.step(guided(pipe.predict(x, t, null, y=y_null), out_cond, guidance_scale), t, x)
     return torch.stack(nulls)

@@ -10,12 +10,13 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import defaults
 from .attention import Controller
-from .checks import SEED_LIMIT, finite, in_range, short, whole
+from .checks import SEED_LIMIT, finite, in_range, short, size_pair, whole
 from .checks import seed as check_seed
 from .ddim import DDIM, TRAIN_STEPS, guided
 from .diffusers_folder import read_diffusers_folder
 from .images import to_pil, to_tensor
 from .inversion import Inversion, invert
+from .layers import added_conditioning
 from .p2p import make_edit
 from .text import TOKENIZER_DIR, build_text_encoder, encode_text, load_tokenizer, tokenize
 from .unet import UNet
@@ -84,51 +85,75 @@ def load(
     vae_dtype: torch.dtype | None = None,
     prediction: str | None = None,
 ) -> "Pipeline":
-    """Load a model: a single-file .safetensors (SD1.x, SD2.x, or ours), or a diffusers folder.
+    """Load a model: a single-file .safetensors (SD1.x, SD2.x, SDXL base, or ours), or a diffusers folder.
 
-    path=None loads the bundled shapes-world model. `dtype` is the UNet's and text encoder's; `vae_dtype` the
+    path=None loads the bundled shapes-world model. `dtype` is the UNet's and text encoders'; `vae_dtype` the
     VAE's (see `Pipeline.to`). `prediction` ("epsilon" or "v") overrides what the file says or implies:
     v-prediction (SD2 768-v models) is not visible in the weights.
     """
     device, dtype = check_device(device), check_dtype(dtype)
     vae_dtype = None if vae_dtype is None else check_dtype(vae_dtype)
     path = Path(ckpt.BUNDLED_MODEL if path is None else path)
-    tokenizer_dir = None
+    tokenizer_dirs = {}
     if path.is_dir():
-        cfg, (unet_sd, vae_sd, text_sd), tokenizer_dir = read_diffusers_folder(path, prediction)
+        cfg, parts, tokenizer_dirs = read_diffusers_folder(path, prediction)
     else:
         tensors, meta = ckpt.read_safetensors(path)
         cfg = ckpt.infer_config(tensors, meta, path, prediction)
-        unet_sd, vae_sd, text_sd = ckpt.split_parts(tensors, cfg)
+        parts = ckpt.split_parts(tensors, cfg)
         del tensors
+    text_cfgs = {"text": cfg.text, "text_2": cfg.text_2} if cfg.text_2 else {"text": cfg.text}
     with torch.device("meta"):  # every part is checked against the file before any memory is taken
-        unet, vae, text_meta = UNet(cfg.unet), VAE(cfg.vae), build_text_encoder(cfg.text)
-    prefixes = (ckpt.UNET_PREFIX, ckpt.VAE_PREFIX, ckpt.text_prefix(cfg))
-    parts = zip((unet_sd, vae_sd, text_sd), (unet, vae, text_meta), ("UNet", "VAE", "text encoder"), prefixes)
-    for sd, model, what, prefix in parts:
-        ckpt.check_state_dict(sd, model.state_dict(), path, what, "" if path.is_dir() else prefix)
-    tokenizer = load_tokenizer(cfg.text, tokenizer_dir or TOKENIZER_DIR)
-    if len(tokenizer) > cfg.text.vocab_size:
-        raise ckpt.CheckpointError(
-            f"{path}: the tokenizer has {len(tokenizer)} tokens, the text encoder only {cfg.text.vocab_size}"
-        )
-    text_encoder = build_text_encoder(cfg.text)  # as large as the file's own tensors: they were checked
-    unet.load_state_dict(ckpt.cast(unet_sd, dtype), strict=True, assign=True)
+        models = {"unet": UNet(cfg.unet), "vae": VAE(cfg.vae)}
+        models.update({name: build_text_encoder(c) for name, c in text_cfgs.items()})
+    prefixes = {"unet": ckpt.UNET_PREFIX, "vae": ckpt.VAE_PREFIX, **ckpt.text_prefixes(cfg)}
+    names = {"unet": "UNet", "vae": "VAE", "text": "text encoder", "text_2": "second text encoder"}
+    for name, model in models.items():
+        prefix = "" if path.is_dir() else prefixes[name]
+        ckpt.check_state_dict(parts[name], model.state_dict(), path, names[name], prefix)
+    tokenizers = {}
+    for name, c in text_cfgs.items():
+        tokenizers[name] = load_tokenizer(c, tokenizer_dirs.get(name) or TOKENIZER_DIR)
+        if len(tokenizers[name]) > c.vocab_size:
+            raise ckpt.CheckpointError(
+                f"{path}: the tokenizer has {len(tokenizers[name])} tokens, the {names[name]} only "
+                f"{c.vocab_size}"
+            )
     vae_dtype = choose_vae_dtype(cfg, dtype, vae_dtype)
-    vae.load_state_dict(ckpt.cast(vae_sd, vae_dtype), strict=True, assign=True)
-    text_encoder.load_state_dict(ckpt.cast(text_sd, dtype), strict=True)
-    pipe = Pipeline(cfg, unet, vae, text_encoder, tokenizer)
+    for name, model in models.items():
+        part_dtype = vae_dtype if name == "vae" else dtype
+        if name.startswith("text"):  # as large as the file's own tensors: they were checked
+            model = models[name] = build_text_encoder(text_cfgs[name])
+        model.load_state_dict(ckpt.cast(parts.pop(name), part_dtype), strict=True, assign=True)
+    encoders = [(models[n], tokenizers[n]) for n in text_cfgs]
+    pipe = Pipeline(cfg, models["unet"], models["vae"], *encoders[0], *(encoders[1] if cfg.text_2 else ()))
     return pipe.to(device=device, dtype=dtype, vae_dtype=vae_dtype)
 
 
 class Pipeline:
     """A loaded model: `unet(x, t, context)`, `vae.encode/decode` (unscaled latents), `text_encoder`,
-    `tokenizer`, `config`; `generate` (text to image), `edit` (Prompt-to-Prompt) and `invert` (real images).
+    `tokenizer` (SDXL: also `text_encoder_2`, `tokenizer_2`), `config`; `generate` (text to image), `edit`
+    (Prompt-to-Prompt) and `invert` (real images).
     """
 
-    def __init__(self, config: ckpt.ModelConfig, unet: UNet, vae: VAE, text_encoder, tokenizer):
+    def __init__(
+        self,
+        config: ckpt.ModelConfig,
+        unet: UNet,
+        vae: VAE,
+        text_encoder,
+        tokenizer,
+        text_encoder_2=None,
+        tokenizer_2=None,
+    ):
         self.config, self.unet, self.vae = config, unet, vae
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
+
+    def encoders(self) -> list:
+        """(text encoder, tokenizer, its config) for each text encoder, in the order of the context."""
+        pairs = [(self.text_encoder, self.tokenizer), (self.text_encoder_2, self.tokenizer_2)]
+        return [(e, t, c) for (e, t), c in zip(pairs, self.config.encoders)]
 
     def to(self, device=None, dtype: torch.dtype | None = None, vae_dtype: torch.dtype | None = None):
         """Move the models to a device and/or cast them to a dtype (in place) -> self.
@@ -138,7 +163,8 @@ class Pipeline:
         device = None if device is None else check_device(device)
         dtype = None if dtype is None else check_dtype(dtype)
         vae_dtype = choose_vae_dtype(self.config, dtype, vae_dtype)
-        for m, d in ((self.unet, dtype), (self.text_encoder, dtype), (self.vae, vae_dtype)):
+        text = [(e, dtype) for e, _, _ in self.encoders()]
+        for m, d in [(self.unet, dtype), *text, (self.vae, vae_dtype)]:
             m.to(device=device, dtype=d).eval().requires_grad_(False)
         return self
 
@@ -165,10 +191,43 @@ class Pipeline:
         return self.config.vae.factor
 
     def encode_prompts(self, prompts) -> torch.Tensor:
-        """Prompts -> (B, 77, D) text hidden states."""
+        """Prompts -> (B, 77, D) text hidden states (the context)."""
+        return self.encode_text(prompts)[0]
+
+    def encode_text(self, prompts) -> tuple:
+        """Prompts -> (context (B, 77, D), pooled (B, P) or None). SDXL: the context is both encoders' hidden
+        states side by side, each from its own tokens (the second tokenizer pads with "!", not end-of-text);
+        the pooled embedding is the second's."""
         prompts = check_prompts(prompts)
-        ids = tokenize(self.tokenizer, prompts, self.config.text.max_length).to(self.device)
-        return encode_text(self.text_encoder, ids, self.config.text.penultimate).to(self.dtype)
+        hidden, pooled = [], None
+        for encoder, tokenizer, cfg in self.encoders():
+            ids = tokenize(tokenizer, prompts, cfg.max_length).to(self.device)
+            h, pooled = encode_text(encoder, ids, cfg)
+            hidden.append(h)
+        return torch.cat(hidden, dim=-1).to(self.dtype), pooled
+
+    def encode_negative(self, negative_prompt: str | None) -> tuple:
+        """The unconditional half of guidance -> (context (1, 77, D), pooled (1, P) or None). No negative
+        prompt (None): zeros where the model was trained so (SDXL: diffusers' force_zeros_for_empty_prompt),
+        else the empty prompt's embedding."""
+        if negative_prompt is None and self.config.zero_negative:
+            context, pooled = self.encode_text([""])
+            return torch.zeros_like(context), None if pooled is None else torch.zeros_like(pooled)
+        return self.encode_text(["" if negative_prompt is None else negative_prompt])
+
+    def added_conditioning(self, pooled, height, width, original_size=None, crop=(0, 0), target_size=None):
+        """SDXL's y for a (B, P) pooled embedding: pooled + the micro-conditioning sizes (original size, crop
+        top-left, target size; by default the image's size, (0, 0), the image's size); None for a model
+        without it."""
+        if pooled is None:
+            return None
+        sizes = [
+            size_pair(original_size or (height, width), "original_size"),
+            size_pair(crop, "crops_coords_top_left"),
+            size_pair(target_size or (height, width), "target_size"),
+        ]
+        sizes = torch.tensor([sum(sizes, ())], dtype=torch.float32, device=self.device)
+        return added_conditioning(pooled, sizes.expand(pooled.shape[0], -1))
 
     def latent_shape(self, height: int, width: int) -> tuple:
         return (self.config.unet.in_channels, height // self.factor, width // self.factor)
@@ -235,7 +294,7 @@ class Pipeline:
         guidance_scale: float | None = None,
         height: int | None = None,
         width: int | None = None,
-        negative_prompt: str = "",
+        negative_prompt: str | None = None,
         latents: torch.Tensor | None = None,
         controller: Controller | None = None,
         progress: bool = True,
@@ -243,12 +302,18 @@ class Pipeline:
         steps_offset: int = 1,
         inversion: Inversion | None = None,
         max_size: int | None = None,
+        original_size: tuple | None = None,
+        crops_coords_top_left: tuple = (0, 0),
+        target_size: tuple | None = None,
     ) -> torch.Tensor:
         """The DDIM loop with classifier-free guidance -> final latents (B, C, h, w), in UNet (scaled) units.
 
         Every prompt starts from the same noise: `latents`, else drawn from `generator` or `seed`. With
         `inversion` (from `invert`), sampling starts from its noise and uses its per-step null embeddings,
-        steps, guidance and schedule, so that the first prompt reconstructs the inverted image."""
+        steps, guidance and schedule, so that the first prompt reconstructs the inverted image. No
+        negative_prompt: the empty prompt (SD), zero embeddings (SDXL), as diffusers' pipelines do. SDXL only:
+        original_size, crops_coords_top_left, target_size (micro-conditioning; diffusers' names and
+        defaults: the image's size, (0, 0), the image's size)."""
         prompts = check_prompts(prompts)
         if inversion is not None:
             inversion.check(self, prompts[0])
@@ -266,29 +331,43 @@ class Pipeline:
         width = default if width is None else width
         height, width = self.check_size(height, width, max_size)
         ddim = DDIM(steps, steps_offset, self.config.prediction)
-        cond = self.encode_prompts(prompts)
-        uncond = None if inversion is not None else self.encode_prompts([negative_prompt]).expand_as(cond)
+        cond, pooled = self.encode_text(prompts)
+        if inversion is None:
+            uncond, uncond_pooled = self.encode_negative(negative_prompt)
+        else:
+            uncond_pooled = inversion.null_pooled
+        sizes = original_size, crops_coords_top_left, target_size
+        if pooled is None and sizes != (None, (0, 0), None):
+            raise ValueError(
+                "original_size, crops_coords_top_left, target_size: only SDXL takes them (micro-conditioning)"
+            )
+        y = None
+        if pooled is not None:
+            y = torch.cat([uncond_pooled.to(pooled).expand_as(pooled), pooled])
+            y = self.added_conditioning(y, height, width, *sizes)
         x, generator = self.start_latents(len(prompts), seed, generator, latents, height, width)
         if controller is not None:
             controller.start(steps, x.shape[2:], self.device)
         for i, t in enumerate(tqdm(ddim.timesteps, desc="sampling", disable=not progress, leave=False)):
             source = None
             if inversion is not None:
-                uncond = inversion.null_embeddings[i].to(cond).expand_as(cond)
+                uncond = inversion.null_embeddings[i]
                 source = inversion.source_latent(i)
-            context = torch.cat([uncond, cond])
-            x = self.denoise_step(ddim, i, t, x, context, guidance_scale, eta, generator, controller, source)
+            context = torch.cat([uncond.to(cond).expand_as(cond), cond])
+            x = self.denoise_step(
+                ddim, i, t, x, context, guidance_scale, eta, generator, controller, source, y
+            )
         return x
 
     def denoise_step(
-        self, ddim, i, t, x, context, guidance_scale, eta, generator, controller, source=None
+        self, ddim, i, t, x, context, guidance_scale, eta, generator, controller, source=None, y=None
     ) -> torch.Tensor:
         """Step i: the controller's hooks around one UNet call on the guidance batch [x, x], then DDIM. With
         `source` (Direct Inversion), the source branch is put there before the controller sees the step, so
         that LocalBlend copies the exact reconstruction."""
         if controller is not None:
             controller.before_step(i)
-        out_uncond, out_cond = self.predict(torch.cat([x, x]), t, context, controller).chunk(2)
+        out_uncond, out_cond = self.predict(torch.cat([x, x]), t, context, controller, y).chunk(2)
         noise = torch.randn(x.shape, generator=generator, device=generator.device).to(x) if eta > 0 else None
         x = ddim.step(guided(out_uncond, out_cond, guidance_scale), t, x, eta, noise)
         if source is not None:
@@ -303,10 +382,11 @@ class Pipeline:
             )
         return x
 
-    def predict(self, x, t, context, controller=None) -> torch.Tensor:
+    def predict(self, x, t, context, controller=None, y=None) -> torch.Tensor:
         """The UNet's prediction for fp32 latents x at timestep t, in fp32: the model runs in its own dtype,
-        the sampler's arithmetic (guidance, the DDIM update, LocalBlend) stays in fp32 whatever that is."""
-        return self.unet(x.to(self.dtype), t.to(self.device), context, controller).float()
+        the sampler's arithmetic (guidance, the DDIM update, LocalBlend) stays in fp32 whatever that is.
+        y: SDXL's added conditioning (`added_conditioning`)."""
+        return self.unet(x.to(self.dtype), t.to(self.device), context, controller, y).float()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

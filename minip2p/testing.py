@@ -1,15 +1,24 @@
 """Random checkpoints in the real Stable Diffusion layouts, for parity tests and benchmarks.
 
 We cannot download real weights, so correctness is shown on random ones: a file written here has the keys and
-shapes of a real SD1 or SD2 single-file checkpoint; `minip2p.load` reads it, and diffusers reads the same file
-through its own converters (given `ldm_config`, the original LDM config they expect). Nothing here imports
-diffusers.
+shapes of a real SD1, SD2 or SDXL single-file checkpoint; `minip2p.load` reads it, and diffusers reads the
+same file through its own converters (given `ldm_config`, the original LDM config they expect). Nothing here
+imports diffusers.
 """
 
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import CLIP_PREFIX, META_KEY, OPENCLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, ModelConfig
+from .checkpoint import (
+    CLIP_PREFIX,
+    META_KEY,
+    OPENCLIP_PREFIX,
+    SDXL_CLIP_PREFIX,
+    SDXL_OPENCLIP_PREFIX,
+    UNET_PREFIX,
+    VAE_PREFIX,
+)
+from .config import SDXL_SIZE_DIM, SDXL_SIZES, ModelConfig
 from .text import TextConfig, build_text_encoder
 from .unet import UNet, UNetConfig
 from .vae import VAE, VAEConfig
@@ -26,8 +35,27 @@ NORM_ENDINGS = (
 
 
 def small_config(family: str = "sd1") -> ModelConfig:
-    """SD1- or SD2-shaped, but narrow: every code path of the full model at a fraction of the cost."""
+    """SD1-, SD2- or SDXL-shaped, but narrow: every code path of the full model at a fraction of the cost."""
     text = TextConfig(hidden_size=64, intermediate_size=128, num_layers=3, num_heads=4)
+    if family == "sdxl":
+        cfg = ModelConfig.sdxl()
+        text.penultimate, text.final_norm = True, False
+        text_2 = TextConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_layers=3,
+            num_heads=2,
+            hidden_act="gelu",
+            penultimate=True,
+            final_norm=False,
+            pad_token="!",
+            projection_dim=16,
+        )
+        cfg.unet.model_channels, cfg.unet.head_dim, cfg.unet.context_dim = 32, 8, 64 + 32
+        cfg.unet.transformer_depth = (1, 1, 2)
+        cfg.unet.adm_in_channels = text_2.projection_dim + SDXL_SIZES * SDXL_SIZE_DIM
+        cfg.vae.ch, cfg.text, cfg.text_2, cfg.image_size = 32, text, text_2, 128
+        return cfg
     if family == "sd1":
         unet = UNetConfig(model_channels=32, num_heads=4, context_dim=64)
     else:
@@ -53,14 +81,17 @@ def random_state(model: torch.nn.Module, seed: int) -> dict:
 
 
 def clip_to_openclip(sd: dict) -> dict:
-    """transformers CLIPTextModel keys -> OpenCLIP keys (the inverse of checkpoint.openclip_to_clip), to write
-    SD2-layout files."""
+    """transformers CLIPTextModel (or WithProjection) keys -> OpenCLIP keys (the inverse of
+    checkpoint.openclip_to_clip), to write SD2- and SDXL-layout files."""
+    projection = sd.get("text_projection.weight")
+    sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
+    width = sd["final_layer_norm.weight"].shape[0]
     out = {
         "token_embedding.weight": sd["embeddings.token_embedding.weight"],
         "positional_embedding": sd["embeddings.position_embedding.weight"],
         "ln_final.weight": sd["final_layer_norm.weight"],
         "ln_final.bias": sd["final_layer_norm.bias"],
-        "text_projection": torch.eye(sd["final_layer_norm.weight"].shape[0]),
+        "text_projection": torch.eye(width) if projection is None else projection.T.contiguous(),
         "logit_scale": torch.tensor(4.6),
     }
     names = {
@@ -85,14 +116,17 @@ def random_checkpoint(cfg: ModelConfig, seed: int = 0) -> dict:
     """A whole single-file state dict in the CompVis layout, with random weights."""
     with torch.device("meta"):
         unet, vae = UNet(cfg.unet), VAE(cfg.vae)
-        text_encoder = build_text_encoder(cfg.text)
-    text = random_state(text_encoder, seed + 2)
+        encoders = [build_text_encoder(c) for c in cfg.encoders]
+    texts = [random_state(e, seed + 2 + i) for i, e in enumerate(encoders)]
     sd = {UNET_PREFIX + k: v for k, v in random_state(unet, seed).items()}
     sd.update({VAE_PREFIX + k: v for k, v in random_state(vae, seed + 1).items()})
-    if cfg.family == "sd2":
-        sd.update({OPENCLIP_PREFIX + k: v for k, v in clip_to_openclip(text).items()})
+    if cfg.family == "sdxl":
+        sd.update({SDXL_CLIP_PREFIX + k: v for k, v in texts[0].items()})
+        sd.update({SDXL_OPENCLIP_PREFIX + k: v for k, v in clip_to_openclip(texts[1]).items()})
+    elif cfg.family == "sd2":
+        sd.update({OPENCLIP_PREFIX + k: v for k, v in clip_to_openclip(texts[0]).items()})
     else:
-        sd.update({CLIP_PREFIX + k: v for k, v in text.items()})
+        sd.update({CLIP_PREFIX + k: v for k, v in texts[0].items()})
     return {k: v.contiguous() for k, v in sd.items()}
 
 

@@ -1,8 +1,10 @@
-"""Text side: transformers' CLIPTextModel and CLIPTokenizer, configured for SD1, SD2 or a small model.
+"""Text side: transformers' CLIP text models and CLIPTokenizer, set up for SD1, SD2, SDXL or a small model.
 
 SD1 uses OpenAI's CLIP ViT-L/14 text tower (last hidden state). SD2 uses OpenCLIP ViT-H's text tower, which
 has the same architecture with GELU: we load it into a CLIPTextModel (see `checkpoint.openclip_to_clip`) and
-take the penultimate layer's output through `final_layer_norm`, as SD2 does.
+take the penultimate layer's output through `final_layer_norm`, as SD2 does. SDXL has both kinds: CLIP ViT-L
+and OpenCLIP ViT-bigG, each read at its penultimate layer WITHOUT the final norm, side by side; bigG (a
+CLIPTextModelWithProjection) also gives the pooled embedding: its normed end token through text_projection.
 """
 
 from dataclasses import dataclass
@@ -10,7 +12,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import torch
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .checks import short
 
@@ -27,8 +29,10 @@ class TextConfig:
     hidden_act: str = "quick_gelu"  # OpenAI CLIP: quick_gelu; OpenCLIP (SD2): gelu
     vocab_size: int = 49408  # the CLIP BPE vocabulary
     max_length: int = 77  # tokens per prompt, start and end included
-    penultimate: bool = False  # SD2: use the second-to-last layer, then final_layer_norm
-    pad_token: str = "<|endoftext|>"  # SD1 pads with end-of-text; OpenCLIP (SD2) pads with "!" (id 0)
+    penultimate: bool = False  # SD2, SDXL: use the second-to-last layer's output
+    final_norm: bool = True  # with penultimate: SD2 puts it through final_layer_norm, SDXL does not
+    pad_token: str = "<|endoftext|>"  # SD1 pads with end-of-text; OpenCLIP (SD2, SDXL's 2nd) with "!" (id 0)
+    projection_dim: int | None = None  # SDXL's 2nd encoder: width of the pooled embedding; None: no pooling
 
     @classmethod
     def sd1(cls):
@@ -46,9 +50,30 @@ class TextConfig:
             pad_token="!",
         )
 
+    @classmethod
+    def sdxl(cls):
+        """SDXL's first encoder: SD1's CLIP ViT-L, read at the penultimate layer."""
+        return cls(penultimate=True, final_norm=False)
 
-def build_text_encoder(cfg: TextConfig) -> CLIPTextModel:
-    return CLIPTextModel(
+    @classmethod
+    def sdxl_2(cls):
+        """SDXL's second encoder: OpenCLIP ViT-bigG, penultimate layer, and the pooled embedding."""
+        return cls(
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_layers=32,
+            num_heads=20,
+            hidden_act="gelu",
+            penultimate=True,
+            final_norm=False,
+            pad_token="!",
+            projection_dim=1280,
+        )
+
+
+def build_text_encoder(cfg: TextConfig) -> CLIPTextModel | CLIPTextModelWithProjection:
+    model = CLIPTextModel if cfg.projection_dim is None else CLIPTextModelWithProjection
+    return model(
         CLIPTextConfig(
             vocab_size=cfg.vocab_size,
             hidden_size=cfg.hidden_size,
@@ -58,6 +83,7 @@ def build_text_encoder(cfg: TextConfig) -> CLIPTextModel:
             hidden_act=cfg.hidden_act,
             max_position_embeddings=cfg.max_length,
             layer_norm_eps=1e-5,
+            projection_dim=cfg.projection_dim or 512,
         )
     )
 
@@ -92,9 +118,14 @@ def tokenize(tokenizer, prompts, max_length: int = 77) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_text(text_encoder, ids, penultimate=False):
-    """(B, 77) ids -> (B, 77, D) hidden states the UNet's cross-attention reads."""
-    out = text_encoder(ids, output_hidden_states=penultimate)
-    if not penultimate:
-        return out.last_hidden_state
-    return text_encoder.final_layer_norm(out.hidden_states[-2])
+def encode_text(text_encoder, ids, cfg: TextConfig) -> tuple:
+    """(B, 77) ids -> ((B, 77, D) hidden states the UNet's cross-attention reads, (B, P) pooled embedding or
+    None)."""
+    out = text_encoder(ids, output_hidden_states=cfg.penultimate)
+    pooled = out.text_embeds if cfg.projection_dim is not None else None
+    if not cfg.penultimate:
+        return out.last_hidden_state, pooled
+    hidden = out.hidden_states[-2]
+    if cfg.final_norm:
+        hidden = text_encoder.final_layer_norm(hidden)
+    return hidden, pooled

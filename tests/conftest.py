@@ -26,6 +26,20 @@ def small_ckpt(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sdxl_ckpt(tmp_path_factory):
+    """A narrow SDXL-shaped random checkpoint in the SGM layout: (path, state_dict, config)."""
+    cfg = small_config("sdxl")
+    path = tmp_path_factory.mktemp("sdxl") / "small_sdxl.safetensors"
+    return path, write_checkpoint(path, cfg, seed=5), cfg
+
+
+@pytest.fixture(scope="session")
+def sdxl_pipe(sdxl_ckpt):
+    """The narrow SDXL (128x128 images, 16x16 latents)."""
+    return minip2p.load(sdxl_ckpt[0])
+
+
+@pytest.fixture(scope="session")
 def pipe(small_ckpt):
     """The small random SD1-shaped model (64x64 images, 8x8 latents)."""
     return minip2p.load(small_ckpt["sd1"][0])

@@ -63,7 +63,7 @@ def test_text_encoder_equals_diffusers(small_ckpt, diffusers_models, family):
     pipe, ref = minip2p.load(path), diffusers_models[family][2]
     ids = tokenize(pipe.tokenizer, ["a photo of a cat", "a red circle and a blue square"])
     with torch.no_grad():
-        ours, theirs = encode_text(pipe.text_encoder, ids, cfg.text.penultimate), ref(ids).last_hidden_state
+        ours, theirs = encode_text(pipe.text_encoder, ids, cfg.text)[0], ref(ids).last_hidden_state
     assert report(f"{family} text encoder", (ours - theirs).abs().max()) < TOL
     pad = 0 if family == "sd2" else 49407  # OpenCLIP pads with "!" (id 0), CLIP with end-of-text
     assert ids[0, -1] == pad

@@ -10,7 +10,8 @@ import torch
 
 import minip2p_oracle as oracle
 from minip2p import ModelConfig, UNet, UNetConfig, VAEConfig
-from minip2p.checkpoint import UNET_PREFIX, CheckpointError, check_config
+from minip2p.checkpoint import UNET_PREFIX
+from minip2p.config import CheckpointError, check_config
 from minip2p.layers import added_conditioning
 from minip2p.testing import random_state, small_config
 
