@@ -2,6 +2,7 @@
 `minip2p.load` reads, through diffusers' own converters. For tests and benchmarks only: a module of its own,
 beside the package, so that nothing under minip2p/ imports diffusers (it comes with the [dev] extra)."""
 
+import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
@@ -35,16 +36,21 @@ def ddim_scheduler(steps_offset: int = 1, prediction: str = "epsilon") -> DDIMSc
     )
 
 
-def unet(cfg: ModelConfig, state_dict: dict) -> UNet2DConditionModel:
+def unet(cfg: ModelConfig, state_dict: dict, shared: bool = False) -> UNet2DConditionModel:
     """diffusers' UNet from our UNet's state dict (keys without the checkpoint prefix), by its converter. An
     SDXL config gets SDXL's "text_time" conditioning, which the converter infers from the context width alone
-    (2048), so not for a narrow SDXL."""
+    (2048), so not for a narrow SDXL. shared: the model holds the given tensors (no copy: two full-size SDXL
+    UNets fit in memory)."""
     ldm = {UNET_PREFIX + k: v for k, v in state_dict.items()}
     config = create_unet_diffusers_config_from_ldm(ldm_config(cfg), ldm)
     if cfg.family == "sdxl":
         config.update(class_embed_type=None, addition_embed_type="text_time", addition_time_embed_dim=256)
-    model = UNet2DConditionModel(**config)
-    model.load_state_dict(convert_ldm_unet_checkpoint(ldm, config), strict=True)
+    if shared:
+        with torch.device("meta"):
+            model = UNet2DConditionModel(**config)
+    else:
+        model = UNet2DConditionModel(**config)
+    model.load_state_dict(convert_ldm_unet_checkpoint(ldm, config), strict=True, assign=shared)
     return model.eval()
 
 

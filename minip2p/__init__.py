@@ -11,6 +11,7 @@ from .inversion import Inversion
 from .p2p import Refine, Replace, Reweight, make_edit
 from .pipeline import Pipeline, load
 from .store import AttentionStore
+from .sweep import sweep
 from .text import TextConfig
 from .unet import UNet, UNetConfig
 from .vae import VAE, VAEConfig
@@ -36,4 +37,5 @@ __all__ = [
     "load",
     "make_edit",
     "save_checkpoint",
+    "sweep",
 ]

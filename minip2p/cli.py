@@ -1,4 +1,4 @@
-"""Command line: `python -m minip2p generate|edit|attention|demo ...` (also installed as `minip2p`)."""
+"""Command line: `python -m minip2p generate|edit|attention|sweep|demo ...` (also installed as `minip2p`)."""
 
 import argparse
 import sys
@@ -12,6 +12,7 @@ from .images import load_image
 from .inversion import METHODS
 from .p2p import AttentionStore, default_edit_kind, make_edit
 from .pipeline import DTYPES, load
+from .sweep import sweep
 from .viz import cross_attention_grid, image_grid
 
 DEMO = [  # (label, source, target, edit options): Prompt-to-Prompt on the shapes world
@@ -272,6 +273,25 @@ def parser() -> argparse.ArgumentParser:
     common(a, "maps.png")
     a.set_defaults(run=cmd_attention)
 
+    w = sub.add_parser(
+        "sweep", help="many edits from a JSONL spec, resumable, with metrics", formatter_class=formatter
+    )
+    w.add_argument("spec", help='JSONL, one edit a line: {"source": ..., "target": ..., "seeds": [...]}')
+    w.add_argument("--out", required=True, help="folder for images/ and results.jsonl (re-run to resume)")
+    w.add_argument("--weights", help=".safetensors file or diffusers folder (default: the bundled model)")
+    w.add_argument("--workers", type=int, default=1, help="local processes, one model each (or Ray workers)")
+    w.add_argument(
+        "--threads", type=int, default=1, help="torch threads per worker (fixed: results depend on it)"
+    )
+    w.add_argument("--ray", action="store_true", help="run the workers on Ray (pip install 'minip2p[scale]')")
+    w.add_argument("--ray-address", help="an existing Ray cluster (default: a local Ray for this run)")
+    w.add_argument(
+        "--clip", help="a local transformers CLIPModel folder: CLIP metrics (nothing is downloaded)"
+    )
+    w.add_argument("--keep", help="mark the edits that pass, e.g. clip_dir>=0.2,clip_img>=0.75")
+    model_options(w)
+    w.set_defaults(run=cmd_sweep)
+
     d = sub.add_parser(
         "demo", help="the offline demo on the bundled model; writes demo.png", formatter_class=formatter
     )
@@ -281,6 +301,35 @@ def parser() -> argparse.ArgumentParser:
     model_options(d)
     d.set_defaults(run=cmd_demo)
     return p
+
+
+def cmd_sweep(args):
+    if args.dtype not in DTYPES:
+        raise ValueError(f"--dtype {args.dtype}: use {', '.join(DTYPES)}")
+    try:
+        records = sweep(
+            args.spec,
+            args.out,
+            weights=args.weights,
+            workers=args.workers,
+            threads=args.threads,
+            ray=args.ray,
+            ray_address=args.ray_address,
+            clip=args.clip,
+            keep=args.keep,
+            device=args.device,
+            dtype=args.dtype,
+            progress=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        results = Path(args.out) / "results.jsonl"
+        print(
+            f"interrupted: every finished edit is in {results}; run the same command again", file=sys.stderr
+        )
+        raise SystemExit(130) from None
+    kept = sum(1 for r in records if r["kept"])
+    filtered = f", {kept} kept by --keep" if args.keep else ""
+    print(f"{len(records)} edits in {Path(args.out) / 'results.jsonl'}{filtered}")
 
 
 def main(argv=None):

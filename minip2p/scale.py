@@ -1,0 +1,171 @@
+"""Where a sweep's items are computed: in this process, in N local processes, or on Ray workers (one model per
+worker, a GPU each where the cluster has them). Each yields the workers' results as they finish; the driver
+(`sweep.sweep`) alone writes files, so a worker that dies loses only the items it held, run again.
+"""
+
+import io
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+import torch
+
+from .metrics import ClipScorer, shapes_metrics
+from .pipeline import load
+
+RETRIES = 3  # workers that die are started again this many times (the items they held are run again)
+_worker = None  # the model of a local worker process
+
+
+class Worker:
+    """One model (and CLIP scorer), loaded once; computes items. The same in this process, in a local
+    process or in a Ray actor."""
+
+    def __init__(self, weights=None, device="cpu", dtype="float32", clip=None, threads=1):
+        self.threads = threads
+        self.pipe = load(weights, device=device, dtype=dtype)
+        self.clip = ClipScorer(clip, device) if clip else None
+        self.shapes = weights is None
+
+    def run(self, item) -> dict:
+        """-> {"key", "metrics", "seconds", "png": {"source": bytes, "edited": bytes}}"""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            t0 = time.perf_counter()
+            s = dict(item.settings)
+            source, target = s.pop("source"), s.pop("target")
+            s.update(
+                {
+                    k: tuple(s[k])
+                    for k in ("cross_replace_steps", "self_replace_steps")
+                    if isinstance(s[k], list)
+                }
+            )
+            images = self.pipe.edit(source, target, progress=False, **s)
+            metrics = {}
+            if self.shapes:
+                metrics.update(shapes_metrics(*images, source, target))
+            if self.clip is not None:
+                metrics.update(self.clip(*images, source, target))
+            png = {}
+            for name, image in zip(("source", "edited"), images):
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                png[name] = buffer.getvalue()
+            return {"key": item.key, "metrics": metrics, "seconds": time.perf_counter() - t0, "png": png}
+        finally:
+            torch.set_num_threads(threads)
+
+
+def check_ray():
+    """Ray is an optional extra: say how to get it, before any work."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            "--ray needs Ray, an optional extra: pip install 'minip2p[scale]' (or pip install ray)"
+        ) from None
+
+
+def results(items, options: dict, workers: int, ray: bool, ray_address):
+    """Compute every item -> its results, in the order they finish (no model is loaded for no items)."""
+    if not items:
+        return
+    if ray:
+        yield from ray_results(items, options, workers, ray_address)
+    elif workers == 1:
+        worker = Worker(**options)
+        for item in items:
+            yield worker.run(item)
+    else:
+        yield from process_results(items, options, workers)
+
+
+def _start(options):
+    global _worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it stops the workers
+    _worker = Worker(**options)
+
+
+def _run(item):
+    return _worker.run(item)
+
+
+def process_results(items, options, workers):
+    """N spawned processes (fork would copy the driver's threads and torch state), at most one item queued
+    per worker beyond the one it computes, so that an interruption leaves little in flight."""
+    context = multiprocessing.get_context("spawn")
+    pending, deaths = list(reversed(items)), 0
+    while pending:
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=(options,))
+        running, broken, clean = {}, False, False
+        try:
+            while (pending or running) and not broken:
+                while pending and len(running) < 2 * workers:
+                    item = pending.pop()
+                    try:
+                        running[pool.submit(_run, item)] = item
+                    except BrokenProcessPool:
+                        pending.append(item)
+                        broken = True
+                        break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    item = running.pop(future)
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:
+                        pending.append(item)
+                        broken = True
+                        continue
+                    yield result
+            clean = not broken
+        finally:
+            if clean:
+                pool.shutdown()
+            else:
+                stop(pool)
+        if broken:
+            pending += running.values()
+            deaths += 1
+            if deaths > RETRIES:
+                raise RuntimeError(f"sweep workers died {deaths} times; {len(pending)} items left undone")
+            print(
+                f"a sweep worker died; starting them again for the {len(pending)} items left", file=sys.stderr
+            )
+
+
+def stop(pool: ProcessPoolExecutor):
+    """Shut a pool down now: queued items cancelled, running workers killed (their items were not written:
+    they are run again next time)."""
+    processes = list((pool._processes or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        if p.is_alive():
+            p.kill()
+
+
+def ray_results(items, options, workers, address):
+    """Ray actors, one model each; an actor that dies is restarted and its item retried (Ray's own fault
+    tolerance). A local Ray is started for the run unless `address` names a cluster."""
+    import ray
+    from ray.util import ActorPool
+
+    if address:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    elif not ray.is_initialized():
+        cpus = max(os.cpu_count() or 1, workers * options["threads"])
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus and options["device"] == "cpu":
+        options = dict(options, device="cuda")  # one GPU per worker where the cluster has them
+    actor = ray.remote(
+        num_cpus=options["threads"], num_gpus=1 if gpus else 0, max_restarts=RETRIES, max_task_retries=RETRIES
+    )(Worker)
+    pool = ActorPool([actor.remote(**options) for _ in range(workers)])
+    yield from pool.map_unordered(lambda a, item: a.run.remote(item), items)

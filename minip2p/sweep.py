@@ -1,0 +1,275 @@
+"""Edit sweeps: many Prompt-to-Prompt edits from a JSONL spec, with metrics, resumable, in this process, in N
+local processes or over a Ray cluster (`scale.py`).
+
+A spec line is one edit, {"source": ..., "target": ...} and optional "id", "kind", "blend", "reweight",
+"seed" or "seeds", "cross_replace_steps" / "self_replace_steps" (a value or a list: a grid), "steps",
+"guidance_scale". Every (line, seed, grid point) is one item. The driver alone writes: each item's images
+(atomically), then its line in results.jsonl (one write, flushed and synced), so an item is finished exactly
+when its result line is there; a re-run skips those. Each item is computed with a fixed number of threads
+(`threads`, default 1): on the CPU the thread count changes the last bits of a result, and a sweep's images
+must not depend on how many workers shared the machine.
+"""
+
+import hashlib
+import itertools
+import json
+import os
+import sys
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from . import defaults
+from .checks import finite, seed, whole
+from .ddim import TRAIN_STEPS
+from .files import atomic_write
+from .metrics import CLIP_METRICS, SHAPES_METRICS, kept, parse_keep
+from .p2p import check_window, default_edit_kind, make_edit
+from .scale import check_ray, results
+from .text import TOKENIZER_DIR, TextConfig, load_tokenizer
+
+KEYS = {
+    "id",
+    "source",
+    "target",
+    "kind",
+    "blend",
+    "reweight",
+    "seed",
+    "seeds",
+    "cross_replace_steps",
+    "self_replace_steps",
+    "steps",
+    "guidance_scale",
+}
+ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+RESULTS = "results.jsonl"
+
+
+class SpecError(ValueError):
+    """Bad spec lines, every one of them, one line each."""
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str  # unique in the sweep: the line's id, the seed and the grid point; names the images
+    line: int  # line number in the spec (1-based)
+    id: str  # the line's "id", else a hash of its content
+    spec: dict  # the line as given
+    settings: dict  # what the edit is run with, every default filled in
+
+
+def window_name(w) -> str:
+    return f"{w:g}" if isinstance(w, (int, float)) else "-".join(f"{v:g}" for v in w)
+
+
+def grid(value, name: str) -> list:
+    """A window or a list of them (a grid: [0.2, 0.8] is two points; a window (start, end) in a grid is
+    written [[0.2, 0.6]]) -> the list, each point checked."""
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise ValueError(f"{name}: an empty grid")
+    for v in values:
+        check_window(tuple(v) if isinstance(v, list) else v, name)
+    return values
+
+
+def line_items(d, n: int, tokenizer) -> list:
+    """One spec line (a parsed JSON value) -> its items; ValueError with what is wrong."""
+    if not isinstance(d, dict):
+        raise ValueError('a spec line is a JSON object, {"source": ..., "target": ...}')
+    unknown = sorted(set(d) - KEYS)
+    if unknown:
+        raise ValueError(f"unknown keys {unknown}; a line takes {sorted(KEYS)}")
+    source, target = d.get("source"), d.get("target")
+    if not (isinstance(source, str) and isinstance(target, str)):
+        raise ValueError('needs "source" and "target" prompts (strings)')
+    if "seed" in d and "seeds" in d:
+        raise ValueError('give "seed" or "seeds", not both')
+    seeds = d.get("seeds", [d.get("seed", defaults.SEED)])
+    if not isinstance(seeds, list) or not seeds:
+        raise ValueError(f'"seeds" must be a non-empty list of seeds, not {seeds!r}')
+    seeds = [seed(s) for s in seeds]
+    steps = whole(d.get("steps", defaults.STEPS), "steps", 1, TRAIN_STEPS)
+    guidance = finite(d.get("guidance_scale", defaults.GUIDANCE_SCALE), "guidance_scale")
+    cross = grid(d.get("cross_replace_steps", defaults.CROSS_REPLACE_STEPS), "cross_replace_steps")
+    self_ = grid(d.get("self_replace_steps", defaults.SELF_REPLACE_STEPS), "self_replace_steps")
+    reweight, blend = d.get("reweight"), d.get("blend")
+    if reweight is not None and not isinstance(reweight, dict):
+        raise ValueError(f'"reweight" must be {{word: scale}}, not {reweight!r}')
+    kind = d.get("kind") or default_edit_kind(source, target, reweight)
+    edit = dict(kind=kind, blend=blend, reweight=reweight)
+    make_edit(source, target, tokenizer, cross_replace_steps=cross[0], self_replace_steps=self_[0], **edit)
+    line_id = d.get("id")
+    if line_id is None:
+        line_id = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+    elif not (isinstance(line_id, str) and line_id and set(line_id) <= ID_CHARS and len(line_id) <= 100):
+        raise ValueError(f"\"id\" must be up to 100 letters, digits, '.', '_' or '-', not {line_id!r}")
+    items = []
+    for s, c, x in itertools.product(seeds, cross, self_):
+        settings = dict(source=source, target=target, seed=s, steps=steps, guidance_scale=guidance, **edit)
+        settings.update(cross_replace_steps=c, self_replace_steps=x)
+        key = f"{line_id}_seed{s}_cross{window_name(c)}_self{window_name(x)}"
+        items.append(Item(key, n, line_id, d, settings))
+    if len({i.key for i in items}) < len(items):
+        raise ValueError("a seed or grid point is given twice")
+    return items
+
+
+def read_spec(spec, tokenizer) -> list:
+    """A JSONL file (or a list of dicts) -> every item, in order. Every bad line is reported, with its
+    number, in one error, before any work."""
+    if isinstance(spec, (str, Path)):
+        path = Path(spec)
+        if not path.is_file():
+            raise SpecError(f"spec file not found: {path}")
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SpecError(f"{path} is not a readable text file ({e})") from None
+        where = str(path)
+    else:
+        lines, where = [json.dumps(d) for d in spec], "the spec"
+    items, errors, ids = [], [], {}
+    for n, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            line = line_items(json.loads(text), n, tokenizer)
+        except json.JSONDecodeError as e:
+            errors.append(f"{where} line {n}: not JSON ({e.msg}, column {e.colno})")
+            continue
+        except (ValueError, TypeError) as e:
+            errors.append(f"{where} line {n}: {e}")
+            continue
+        if line[0].id in ids:
+            errors.append(f"{where} line {n}: id {line[0].id!r} is already the id of line {ids[line[0].id]}")
+            continue
+        ids[line[0].id] = n
+        items += line
+    if errors:
+        raise SpecError("\n".join(errors))
+    if not items:
+        raise SpecError(f"{where} holds no edits")
+    return items
+
+
+def read_results(path: Path) -> dict:
+    """results.jsonl -> {key: record}. A last line cut short (a crash while writing it) is dropped from the
+    file; any other unreadable line is an error."""
+    if not path.is_file():
+        return {}
+    text = path.read_text()
+    lines = text.split("\n")
+    records = {}
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            records[record["key"]] = record
+        except (json.JSONDecodeError, KeyError, TypeError):
+            if n == len(lines) and not text.endswith("\n"):  # cut short: the item was not finished
+                with atomic_write(path) as tmp:
+                    tmp.write_text("\n".join(lines[:-1]) + ("\n" if len(lines) > 1 else ""))
+                print(f"{path}: dropped an unfinished last line", file=sys.stderr)
+                break
+            raise ValueError(f"{path} line {n} is not a result line: the file is damaged") from None
+    return records
+
+
+def check_ids(items: list, done: dict, path: Path):
+    """A line whose id has results for another spec is an error: those results would be silently mixed."""
+    specs = {r["id"]: r["spec"] for r in done.values()}
+    errors = sorted(
+        {
+            f"line {i.line}: id {i.id!r} has results in {path} for another spec; give the line a new id, or "
+            "another --out"
+            for i in items
+            if i.id in specs and specs[i.id] != i.spec
+        }
+    )
+    if errors:
+        raise SpecError("\n".join(errors))
+
+
+def check_out(out) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a folder (it is created if need be)")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist")
+    return out
+
+
+def sweep(
+    spec,
+    out,
+    *,
+    weights=None,
+    workers: int = 1,
+    ray: bool = False,
+    ray_address: str | None = None,
+    clip=None,
+    keep: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    threads: int = 1,
+    progress: bool = True,
+) -> list:
+    """Run every item of `spec` (a JSONL path, or a list of dicts) not yet in `out`/results.jsonl -> every
+    item's record, in spec order. `workers` local processes (1: this one), or Ray workers with `ray`
+    (`ray_address`: an existing cluster's; else a local Ray is started). `clip`: a local CLIPModel folder for
+    CLIP metrics; `keep`: filters ("clip_dir>=0.2,clip_img>=0.75") that mark the records that pass."""
+    out = check_out(out)
+    workers, threads = whole(workers, "workers", 1, 1024), whole(threads, "threads", 1, 1024)
+    tokenizer_dir = Path(weights) / "tokenizer" if weights and Path(weights).is_dir() else TOKENIZER_DIR
+    tokenizer = load_tokenizer(TextConfig(), tokenizer_dir)
+    items = read_spec(spec, tokenizer)
+    metrics = (SHAPES_METRICS if weights is None else ()) + (CLIP_METRICS if clip else ())
+    conditions = parse_keep(keep, metrics)
+    if clip and not (Path(clip) / "config.json").is_file():
+        raise ValueError(f"--clip {clip}: not a CLIP model folder (no config.json)")
+    if ray:
+        check_ray()
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    path = out / RESULTS
+    done = read_results(path)
+    check_ids(items, done, path)
+    todo = [i for i in items if i.key not in done]
+    if progress:
+        print(
+            f"{len(todo)} of {len(items)} edits to do ({len(items) - len(todo)} finished in {path})",
+            file=sys.stderr,
+        )
+    options = dict(weights=weights, device=device, dtype=dtype, clip=clip, threads=threads)
+    bar = tqdm(
+        total=len(items), initial=len(items) - len(todo), desc="sweep", unit="edit", disable=not progress
+    )
+    by_key = {i.key: i for i in todo}
+    with open(path, "a") as f, bar, closing(results(todo, options, workers, ray, ray_address)) as computed:
+        for result in computed:
+            item = by_key[result["key"]]
+            record = finish(item, result, out, conditions)
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            done[item.key] = record
+            bar.update()
+    return [done[i.key] for i in items]
+
+
+def finish(item: Item, result: dict, out: Path, conditions: list) -> dict:
+    """Write an item's images (atomically) -> its result record."""
+    images = {}
+    for name, data in result["png"].items():
+        rel = f"images/{item.key}_{name}.png"
+        with atomic_write(out / rel) as tmp:
+            tmp.write_bytes(data)
+        images[name] = rel
+    record = asdict(item)
+    record.update(images=images, metrics=result["metrics"], seconds=round(result["seconds"], 3))
+    record["kept"] = kept(result["metrics"], conditions)
+    return record
