@@ -189,7 +189,7 @@ def test_an_interrupted_sweep_loses_nothing_and_resumes(tmp_path):
     """SIGKILL to one of two workers (the driver starts them again), then SIGINT to the driver half-way; the
     re-run does only what was left, and the results hold every item once, each with its two whole images."""
     spec = [
-        {"id": f"e{i}", "source": SWAP[0], "target": SWAP[1], "seeds": [0, 1], "steps": 12} for i in range(8)
+        {"id": f"e{i}", "source": SWAP[0], "target": SWAP[1], "seeds": [0, 1], "steps": 12} for i in range(12)
     ]
     path, out = write_spec(tmp_path / "s.jsonl", spec), tmp_path / "o"
     results = out / "results.jsonl"
