@@ -20,8 +20,8 @@ from report import measured_on, rss_mib
 
 import minip2p_oracle as oracle
 from minip2p import ModelConfig, Replace, UNet
+from minip2p.checks import DTYPES
 from minip2p.layers import added_conditioning
-from minip2p.pipeline import DTYPES
 from minip2p.testing import random_state
 from minip2p.text import load_tokenizer
 

@@ -17,8 +17,8 @@ from report import header, row
 
 import minip2p
 from minip2p import defaults
+from minip2p.checks import DTYPES
 from minip2p.evaluation import REWEIGHT_PROMPT, REWEIGHT_SHOWS, reweight_shown, swap_edit
-from minip2p.pipeline import DTYPES
 
 
 def main():

@@ -14,8 +14,8 @@ import torch
 
 import minip2p
 from minip2p import AttentionStore, defaults, shapes
+from minip2p.checks import DTYPES
 from minip2p.evaluation import adherence, vae_psnr
-from minip2p.pipeline import DTYPES
 from minip2p.viz import image_grid
 
 

@@ -20,7 +20,7 @@ from report import measured, rss_mib
 
 import minip2p_oracle as oracle
 from minip2p import Controller, ModelConfig, UNet
-from minip2p.pipeline import DTYPES
+from minip2p.checks import DTYPES
 from minip2p.testing import random_state
 
 

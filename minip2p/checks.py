@@ -7,8 +7,11 @@ scale would otherwise come out as a black picture, a huge size as an out-of-memo
 import math
 import numbers
 
+import torch
+
 # torch's CPU generator (mt19937) keeps the low 32 bits of a seed: larger seeds would give the same noise
 SEED_LIMIT = 2**32
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # by name
 
 
 def short(text: str, limit: int = 80) -> str:
@@ -52,3 +55,45 @@ def size_pair(value, name: str) -> tuple:
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise ValueError(f"{name} must be a pair of whole numbers (height, width), not {value!r}")
     return tuple(whole(v, f"{name} entry", 0, 1 << 16) for v in value)
+
+
+def check_device(device) -> torch.device:
+    """A device name -> torch.device, or a one-line error when this torch cannot use it."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device name: use cpu, cuda, cuda:1 or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = (
+            "without CUDA"
+            if torch.version.cuda is None
+            else f"with CUDA {torch.version.cuda} but sees no GPU"
+        )
+        raise ValueError(
+            f"device {str(device)!r} is not available: this torch {torch.__version__} is built {build}; "
+            "use cpu"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {str(device)!r} is not available: this machine has {torch.cuda.device_count()} GPUs"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' is not available on this machine; use cpu")
+    return device
+
+
+def check_prompts(prompts) -> list:
+    """A prompt or a list of prompts -> a non-empty list of strings."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"give a prompt, or a list of prompts (strings), not {short(prompts)}")
+    return list(prompts)
+
+
+def check_dtype(dtype) -> torch.dtype:
+    """A torch floating-point dtype, or its name in DTYPES -> the dtype."""
+    dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, not {dtype!r}")
+    return dtype

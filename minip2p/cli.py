@@ -7,11 +7,12 @@ from pathlib import Path
 import torch
 
 from . import __version__, defaults
+from .checks import DTYPES
 from .files import IMAGE_SUFFIXES, check_output, save_image
 from .images import load_image
 from .inversion import METHODS
 from .p2p import AttentionStore, default_edit_kind, make_edit
-from .pipeline import DTYPES, load
+from .pipeline import load
 from .sweep import sweep
 from .viz import cross_attention_grid, image_grid
 

@@ -10,7 +10,16 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import defaults
 from .attention import Controller
-from .checks import SEED_LIMIT, finite, in_range, short, size_pair, whole
+from .checks import (
+    SEED_LIMIT,
+    check_device,
+    check_dtype,
+    check_prompts,
+    finite,
+    in_range,
+    size_pair,
+    whole,
+)
 from .checks import seed as check_seed
 from .ddim import DDIM, TRAIN_STEPS, guided
 from .diffusers_folder import read_diffusers_folder
@@ -23,50 +32,7 @@ from .unet import UNet
 from .vae import VAE
 
 OUTPUTS = ("pil", "latent", "tensor")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # by name
 EDIT_OPTIONS = set(inspect.signature(make_edit).parameters) - {"source", "target", "tokenizer"}
-
-
-def check_device(device) -> torch.device:
-    """A device name -> torch.device, or a one-line error when this torch cannot use it."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device {device!r} is not a device name: use cpu, cuda, cuda:1 or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        build = (
-            "without CUDA"
-            if torch.version.cuda is None
-            else f"with CUDA {torch.version.cuda} but sees no GPU"
-        )
-        raise ValueError(
-            f"device {str(device)!r} is not available: this torch {torch.__version__} is built {build}; "
-            "use cpu"
-        )
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(
-            f"device {str(device)!r} is not available: this machine has {torch.cuda.device_count()} GPUs"
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' is not available on this machine; use cpu")
-    return device
-
-
-def check_prompts(prompts) -> list:
-    """A prompt or a list of prompts -> a non-empty list of strings."""
-    if isinstance(prompts, str):
-        return [prompts]
-    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise ValueError(f"give a prompt, or a list of prompts (strings), not {short(prompts)}")
-    return list(prompts)
-
-
-def check_dtype(dtype) -> torch.dtype:
-    """A torch floating-point dtype, or its name in DTYPES -> the dtype."""
-    dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, not {dtype!r}")
-    return dtype
 
 
 def choose_vae_dtype(cfg: ckpt.ModelConfig, dtype, vae_dtype):

@@ -39,13 +39,8 @@ class Worker:
             t0 = time.perf_counter()
             s = dict(item.settings)
             source, target = s.pop("source"), s.pop("target")
-            s.update(
-                {
-                    k: tuple(s[k])
-                    for k in ("cross_replace_steps", "self_replace_steps")
-                    if isinstance(s[k], list)
-                }
-            )
+            for k in ("cross_replace_steps", "self_replace_steps"):
+                s[k] = tuple(s[k]) if isinstance(s[k], list) else s[k]  # a (start, end) window
             images = self.pipe.edit(source, target, progress=False, **s)
             metrics = {}
             if self.shapes:
