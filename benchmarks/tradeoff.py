@@ -15,18 +15,24 @@ from report import header, row
 import minip2p
 from minip2p.evaluation import SWAPS
 from minip2p.files import atomic_write
-from minip2p.metrics import mean
 
 GRID = [round(0.1 * i, 1) for i in range(11)]
-SERIES = {  # metric: (label, colour)
-    "kept_iou": ("other object's mask IoU", (30, 90, 200)),
-    "background": ("background kept", (40, 160, 60)),
-    "outside": ("1 - pixel change outside / 64", (200, 120, 20)),
+SERIES = {  # metric: (label, colour, scale to put it on 0..1)
+    "edited": ("edit takes effect (share of edits)", (200, 40, 40), 1),
+    "kept_iou": ("other object's mask IoU", (30, 90, 200), 1),
+    "background": ("background kept (share)", (40, 160, 60), 1),
+    "outside": ("pixel change outside the edited object (0-255) / 16", (200, 120, 20), 1 / 16),
 }
 
 
-def plot(points: dict, path):
-    """x: the edited rate; y: each fidelity series; one point per cross_replace_steps, labelled."""
+def mean(values) -> float:
+    """The mean of the values that apply (None: the edit had no such score)."""
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def plot(rows: dict, path):
+    """x: cross_replace_steps; y: each series, on 0..1."""
     w, h, m = 720, 480, 60
     image = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(image)
@@ -39,17 +45,14 @@ def plot(points: dict, path):
     for v in (0, 0.25, 0.5, 0.75, 1):
         d.text((xy(v, 0)[0] - 10, h - m + 6), f"{v:g}", fill="black", font=font)
         d.text((m - 34, xy(0, v)[1] - 7), f"{v:g}", fill="black", font=font)
-    d.text((w / 2 - 150, h - 28), "edit takes effect (share of seeds)  ->", fill="black", font=font)
-    d.text(
-        (m, 12), "cross_replace_steps 0 .. 1 (labels), Replace on the shapes model", fill="black", font=font
-    )
-    for k, (metric, (label, colour)) in enumerate(SERIES.items()):
-        line = [xy(x, y) for x, y, _ in points[metric]]
+    d.text((w / 2 - 120, h - 28), "cross_replace_steps  ->", fill="black", font=font)
+    d.text((m, 12), "Replace on the shapes model: what the edit does and keeps", fill="black", font=font)
+    for k, (metric, (label, colour, scale)) in enumerate(SERIES.items()):
+        line = [xy(cross, float(np.clip(values[metric] * scale, 0, 1))) for cross, values in rows.items()]
         d.line(line, fill=colour, width=2)
-        for (px, py), (_, _, cross) in zip(line, points[metric]):
+        for px, py in line:
             d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
-            d.text((px + 4, py - 14), f"{cross:g}", fill=colour, font=font)
-        d.text((m + 10, m + 8 + 16 * k), label, fill=colour, font=font)
+        d.text((m + 10, xy(0, 0.45)[1] + 16 * k), label, fill=colour, font=font)
     with atomic_write(path) as tmp:
         image.save(tmp, format="PNG")
 
@@ -80,19 +83,14 @@ def main():
         f"{len(records)} edits; {seeds} of {len(SWAPS) * args.seeds} (swap, seed) pairs have a source image "
         f"that shows its prompt; {args.steps} DDIM steps, self_replace_steps 0.4"
     )
-    print(
-        header("cross_replace_steps", "edit takes effect", "other object's IoU", "background kept", "outside")
-    )
-    points = {metric: [] for metric in SERIES}
+    labels = ["edit takes effect", "other object's IoU", "background kept", "pixel change outside (0-255)"]
+    print(header("cross_replace_steps", *labels))
+    rows = {}
     for cross in GRID:
-        rows = [r["metrics"] for r in scored if r["settings"]["cross_replace_steps"] == cross]
-        edited = mean(m["edited"] for m in rows)
-        values = {metric: mean(m[metric] for m in rows) for metric in SERIES}
-        print(row(f"{cross:g}", f"{edited:.2f}", *(f"{values[k]:.3f}" for k in SERIES)))
-        values["outside"] = 1 - values["outside"] / 64
-        for metric in SERIES:
-            points[metric].append((edited, float(np.clip(values[metric], 0, 1)), cross))
-    plot(points, args.plot)
+        metrics = [r["metrics"] for r in scored if r["settings"]["cross_replace_steps"] == cross]
+        rows[cross] = {metric: mean(m[metric] for m in metrics) for metric in SERIES}
+        print(row(f"{cross:g}", *(f"{rows[cross][k]:.3f}" for k in SERIES)))
+    plot(rows, args.plot)
     print(f"plot: {args.plot}")
 
 

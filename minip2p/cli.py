@@ -174,7 +174,10 @@ def common(p, out: str):
     p.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the initial noise")
     p.add_argument("--steps", type=int, default=defaults.STEPS, help="DDIM steps")
     p.add_argument(
-        "--guidance", type=float, default=defaults.GUIDANCE_SCALE, help="classifier-free guidance scale"
+        "--guidance",
+        type=float,
+        help=f"classifier-free guidance scale (default: {defaults.GUIDANCE_SCALE}; SDXL: "
+        f"{defaults.SDXL_GUIDANCE_SCALE})",
     )
     p.add_argument("--out", default=out, help="the picture to write")
     model_options(p)
@@ -291,7 +294,9 @@ def parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--keep", help="mark the edits that pass, e.g. clip_dir>=0.2,clip_img>=0.75")
     model_options(w)
-    w.set_defaults(run=cmd_sweep)
+    w.set_defaults(
+        run=cmd_sweep, device=None
+    )  # none: the CPU, or a GPU per worker on a Ray cluster with GPUs
 
     d = sub.add_parser(
         "demo", help="the offline demo on the bundled model; writes demo.png", formatter_class=formatter
@@ -305,8 +310,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_sweep(args):
-    if args.dtype not in DTYPES:
-        raise ValueError(f"--dtype {args.dtype}: use {', '.join(DTYPES)}")
     try:
         records = sweep(
             args.spec,
@@ -320,6 +323,7 @@ def cmd_sweep(args):
             keep=args.keep,
             device=args.device,
             dtype=args.dtype,
+            vae_dtype=args.vae_dtype,
             progress=not args.quiet,
         )
     except KeyboardInterrupt:
@@ -329,8 +333,10 @@ def cmd_sweep(args):
         )
         raise SystemExit(130) from None
     kept = sum(1 for r in records if r["kept"])
+    failed = sum(1 for r in records if "error" in r)
     filtered = f", {kept} kept by --keep" if args.keep else ""
-    print(f"{len(records)} edits in {Path(args.out) / 'results.jsonl'}{filtered}")
+    errors = f", {failed} failed (their records say why)" if failed else ""
+    print(f"{len(records)} edits in {Path(args.out) / 'results.jsonl'}{filtered}{errors}")
 
 
 def main(argv=None):

@@ -134,6 +134,8 @@ def check_config(cfg: ModelConfig, where) -> ModelConfig:
 
     if not isinstance(cfg.text_2, (TextConfig, type(None))):
         fail(f"text_2 must be a text encoder's config or null, not {cfg.text_2!r}")
+    if (cfg.text_2 is not None) != (cfg.family == "sdxl"):
+        fail(f"family {cfg.family!r}: a second text encoder (text_2) is SDXL's, and SDXL has one")
     for part, limits in LIMITS.items():
         sub = getattr(cfg, part)
         if sub is None:

@@ -7,6 +7,7 @@ notebook (google/prompt-to-prompt, prompt-to-prompt_stable.ipynb) unless a comme
 # sampling
 STEPS = 50  # DDIM steps
 GUIDANCE_SCALE = 7.5  # classifier-free guidance
+SDXL_GUIDANCE_SCALE = 5.0  # SDXL's (diffusers' StableDiffusionXLPipeline)
 ETA = 0.0  # DDIM eta: 0 is deterministic
 SEED = 0  # the command line's seed (the API draws one at random when seed is None, and reports it)
 

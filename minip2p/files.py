@@ -43,7 +43,14 @@ def atomic_write(path):
     try:
         yield Path(tmp)
         os.chmod(tmp, file_mode())
+        with open(tmp, "rb+") as f:  # on the disk before it takes the name: a crash leaves the old or the new
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # and the rename itself
+        finally:
+            os.close(folder)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

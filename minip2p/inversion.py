@@ -182,7 +182,7 @@ def invert(
     *,
     method: str = defaults.INVERSION_METHOD,
     steps: int = defaults.STEPS,
-    guidance_scale: float = defaults.GUIDANCE_SCALE,
+    guidance_scale: float | None = None,
     inner_steps: int = defaults.NULL_TEXT_INNER_STEPS,
     early_stop: float = defaults.NULL_TEXT_EARLY_STOP,
     steps_offset: int = defaults.INVERSION_STEPS_OFFSET,
@@ -196,6 +196,7 @@ def invert(
             "inversion needs the prompt that describes the image (an empty prompt inverts poorly)"
         )
     steps = whole(steps, "steps", 1, TRAIN_STEPS)
+    guidance_scale = pipe.guidance_scale if guidance_scale is None else guidance_scale
     guidance_scale, early_stop = finite(guidance_scale, "guidance_scale"), finite(early_stop, "early_stop")
     inner_steps, steps_offset = (
         whole(inner_steps, "inner_steps", 0),

@@ -15,7 +15,6 @@ import operator
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -53,18 +52,24 @@ def shapes_metrics(source_image, edited_image, source: str, target: str) -> dict
     return out
 
 
+def check_clip(path) -> Path:
+    """A local CLIP model folder, checked before any work."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"--clip {path}: not a CLIP model folder (no config.json); give a folder saved by transformers' "
+            "CLIPModel.save_pretrained, with its processor"
+        )
+    return path
+
+
 class ClipScorer:
     """A local transformers CLIPModel folder -> CLIP_METRICS of an edit."""
 
     def __init__(self, path, device="cpu"):
         from transformers import CLIPModel, CLIPProcessor  # only when asked: loading CLIP is slow
 
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise ValueError(
-                f"--clip {path}: not a CLIP model folder (no config.json); give a folder saved by "
-                "transformers' CLIPModel.save_pretrained, with its processor"
-            )
+        path = check_clip(path)
         try:
             self.model = CLIPModel.from_pretrained(str(path)).eval().to(device)
             self.processor = CLIPProcessor.from_pretrained(str(path))
@@ -122,9 +127,3 @@ def kept(metrics: dict, conditions: list) -> bool | None:
         metrics.get(name) is not None and bool(OPERATORS[op](metrics[name], value))
         for name, op, value in conditions
     )
-
-
-def mean(values) -> float:
-    """The mean of the values that apply (None left out); NaN when none does."""
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else math.nan

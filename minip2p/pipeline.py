@@ -152,6 +152,12 @@ class Pipeline:
         return self.unet.out[2].weight.detach().flatten()[:64].float().cpu()
 
     @property
+    def guidance_scale(self) -> float:
+        """The default guidance: SD's 7.5, SDXL's 5.0 (diffusers' pipelines)."""
+        sdxl = self.config.family == "sdxl"
+        return defaults.SDXL_GUIDANCE_SCALE if sdxl else defaults.GUIDANCE_SCALE
+
+    @property
     def factor(self) -> int:
         """Pixels per latent cell (8 for SD)."""
         return self.config.vae.factor
@@ -177,8 +183,12 @@ class Pipeline:
         prompt (None): zeros where the model was trained so (SDXL: diffusers' force_zeros_for_empty_prompt),
         else the empty prompt's embedding."""
         if negative_prompt is None and self.config.zero_negative:
-            context, pooled = self.encode_text([""])
-            return torch.zeros_like(context), None if pooled is None else torch.zeros_like(pooled)
+            cfg, device = self.config, self.device
+            context = torch.zeros(
+                1, cfg.text.max_length, cfg.unet.context_dim, device=device, dtype=self.dtype
+            )
+            pooled = None if cfg.text_2 is None else torch.zeros(1, cfg.text_2.projection_dim, device=device)
+            return context, pooled
         return self.encode_text(["" if negative_prompt is None else negative_prompt])
 
     def added_conditioning(self, pooled, height, width, original_size=None, crop=(0, 0), target_size=None):
@@ -288,9 +298,8 @@ class Pipeline:
             )
             height, width = (s * self.factor for s in latents.shape[2:])
         steps = whole(defaults.STEPS if steps is None else steps, "steps", 1, TRAIN_STEPS)
-        guidance_scale = finite(
-            defaults.GUIDANCE_SCALE if guidance_scale is None else guidance_scale, "guidance"
-        )
+        guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        guidance_scale = finite(guidance_scale, "guidance")
         eta = in_range(eta, "eta", 0.0, 1.0)
         default = self.config.image_size
         height = default if height is None else height
@@ -302,10 +311,16 @@ class Pipeline:
             uncond, uncond_pooled = self.encode_negative(negative_prompt)
         else:
             uncond_pooled = inversion.null_pooled
-        sizes = original_size, crops_coords_top_left, target_size
-        if pooled is None and sizes != (None, (0, 0), None):
+        sizes = original_size, size_pair(crops_coords_top_left, "crops_coords_top_left"), target_size
+        default_sizes = (original_size, target_size) == (None, None) and sizes[1] == (0, 0)
+        if pooled is None and not default_sizes:
             raise ValueError(
                 "original_size, crops_coords_top_left, target_size: only SDXL takes them (micro-conditioning)"
+            )
+        if inversion is not None and not default_sizes:
+            raise ValueError(
+                "original_size, crops_coords_top_left, target_size: an inversion was made with the defaults "
+                "(the image's size, (0, 0)); sampling from it must use them too"
             )
         y = None
         if pooled is not None:
@@ -370,8 +385,8 @@ class Pipeline:
 
     def generate(self, prompts, *, output: str = "pil", **sampling):
         """Text to image, one image per prompt, all from the same initial noise (`sample`'s options; 50 steps
-        and guidance 7.5 unless given). output: "pil" (a list of PIL images), "tensor" ((B, 3, H, W) in [-1,
-        1]) or "latent" (UNet-space latents, before the VAE)."""
+        and guidance 7.5 (SDXL: 5.0) unless given). output: "pil" (a list of PIL images), "tensor" ((B, 3, H,
+        W) in [-1, 1]) or "latent" (UNet-space latents, before the VAE)."""
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
         x = self.sample(prompts, **sampling)

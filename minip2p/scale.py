@@ -25,14 +25,20 @@ class Worker:
     """One model (and CLIP scorer), loaded once; computes items. The same in this process, in a local
     process or in a Ray actor."""
 
-    def __init__(self, weights=None, device="cpu", dtype="float32", clip=None, threads=1):
-        self.threads = threads
-        self.pipe = load(weights, device=device, dtype=dtype)
-        self.clip = ClipScorer(clip, device) if clip else None
+    def __init__(self, weights=None, device=None, dtype="float32", vae_dtype=None, clip=None, threads=1):
+        self.threads, self.fatal, device = threads, None, device or "cpu"
+        try:
+            self.pipe = load(weights, device=device, dtype=dtype, vae_dtype=vae_dtype)
+            self.clip = ClipScorer(clip, device) if clip else None
+        except (OSError, ValueError) as e:  # the driver stops on the first item, with this line
+            self.fatal = str(e)
         self.shapes = weights is None
 
     def run(self, item) -> dict:
-        """-> {"key", "metrics", "seconds", "png": {"source": bytes, "edited": bytes}}"""
+        """-> {"key", "metrics", "seconds", "png": {"source": bytes, "edited": bytes}}, plus "error" if the
+        edit failed (its message), or only {"fatal": message} if this worker has no model."""
+        if self.fatal is not None:
+            return {"fatal": self.fatal}
         threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
@@ -41,7 +47,13 @@ class Worker:
             source, target = s.pop("source"), s.pop("target")
             for k in ("cross_replace_steps", "self_replace_steps"):
                 s[k] = tuple(s[k]) if isinstance(s[k], list) else s[k]  # a (start, end) window
-            images = self.pipe.edit(source, target, progress=False, **s)
+            try:
+                images = self.pipe.edit(source, target, progress=False, **s)
+            except (
+                ValueError,
+                RuntimeError,
+            ) as e:  # this edit only (NaN in fp16, a map size the model lacks)
+                return {"key": item.key, "metrics": {}, "seconds": time.perf_counter() - t0, "error": str(e)}
             metrics = {}
             if self.shapes:
                 metrics.update(shapes_metrics(*images, source, target))
@@ -156,9 +168,11 @@ def ray_results(items, options, workers, address):
     elif not ray.is_initialized():
         cpus = max(os.cpu_count() or 1, workers * options["threads"])
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if gpus and options["device"] == "cpu":
-        options = dict(options, device="cuda")  # one GPU per worker where the cluster has them
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if options["device"] is None else 0
+    if gpus:
+        if workers > gpus:  # the extra workers would wait for a GPU forever
+            raise ValueError(f"--workers {workers}: the Ray cluster has {gpus} GPUs, one per worker")
+        options = dict(options, device="cuda")  # no device given: one GPU per worker
     actor = ray.remote(
         num_cpus=options["threads"], num_gpus=1 if gpus else 0, max_restarts=RETRIES, max_task_retries=RETRIES
     )(Worker)

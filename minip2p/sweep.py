@@ -22,10 +22,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import defaults
-from .checks import finite, seed, whole
+from .checks import DTYPES, check_device, finite, seed, whole
 from .ddim import TRAIN_STEPS
 from .files import atomic_write
-from .metrics import CLIP_METRICS, SHAPES_METRICS, kept, parse_keep
+from .metrics import CLIP_METRICS, SHAPES_METRICS, check_clip, kept, parse_keep
 from .p2p import check_window, default_edit_kind, make_edit
 from .scale import check_ray, results
 from .text import TOKENIZER_DIR, TextConfig, load_tokenizer
@@ -46,6 +46,7 @@ KEYS = {
 }
 ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 RESULTS = "results.jsonl"
+RUN = "sweep.json"  # the options a sweep folder's results were made with: a resume must use the same
 
 
 class SpecError(ValueError):
@@ -62,7 +63,8 @@ class Item:
 
 
 def window_name(w) -> str:
-    return f"{w:g}" if isinstance(w, (int, float)) else "-".join(f"{v:g}" for v in w)
+    """A grid point in a file name, exactly (repr: 0.3 and 0.30000001 stay apart)."""
+    return repr(float(w)) if isinstance(w, (int, float)) else "-".join(repr(float(v)) for v in w)
 
 
 def grid(value, name: str) -> list:
@@ -144,10 +146,11 @@ def read_spec(spec, tokenizer) -> list:
         except (ValueError, TypeError) as e:
             errors.append(f"{where} line {n}: {e}")
             continue
-        if line[0].id in ids:
-            errors.append(f"{where} line {n}: id {line[0].id!r} is already the id of line {ids[line[0].id]}")
+        same = line[0].id.lower()  # file names: case-insensitive on some systems
+        if same in ids:
+            errors.append(f"{where} line {n}: id {line[0].id!r} is already the id of line {ids[same]}")
             continue
-        ids[line[0].id] = n
+        ids[same] = n
         items += line
     if errors:
         raise SpecError("\n".join(errors))
@@ -157,12 +160,22 @@ def read_spec(spec, tokenizer) -> list:
 
 
 def read_results(path: Path) -> dict:
-    """results.jsonl -> {key: record}. A last line cut short (a crash while writing it) is dropped from the
-    file; any other unreadable line is an error."""
+    """results.jsonl -> {key: record} of the finished items (a later line for a key wins). A last line
+    without its newline (a crash while writing it) is dropped, or completed if it is whole; any other
+    unreadable line is an error; a record whose images are gone is not finished."""
     if not path.is_file():
         return {}
     text = path.read_text()
     lines = text.split("\n")
+    if not text.endswith("\n") and text:
+        try:
+            json.loads(lines[-1])["key"]
+            lines.append("")  # whole: it only lacks its newline
+        except (json.JSONDecodeError, KeyError, TypeError):
+            print(f"{path}: dropped an unfinished last line", file=sys.stderr)
+            lines[-1] = ""
+        with atomic_write(path) as tmp:
+            tmp.write_text("\n".join(lines))
     records = {}
     for n, line in enumerate(lines, start=1):
         if not line.strip():
@@ -171,13 +184,31 @@ def read_results(path: Path) -> dict:
             record = json.loads(line)
             records[record["key"]] = record
         except (json.JSONDecodeError, KeyError, TypeError):
-            if n == len(lines) and not text.endswith("\n"):  # cut short: the item was not finished
-                with atomic_write(path) as tmp:
-                    tmp.write_text("\n".join(lines[:-1]) + ("\n" if len(lines) > 1 else ""))
-                print(f"{path}: dropped an unfinished last line", file=sys.stderr)
-                break
             raise ValueError(f"{path} line {n} is not a result line: the file is damaged") from None
-    return records
+    return {
+        k: r
+        for k, r in records.items()
+        if all((path.parent / name).is_file() for name in r.get("images", {}).values())
+    }
+
+
+def check_run(path: Path, options: dict):
+    """The first run of a folder writes its options; a later one must give the same (other weights, dtype,
+    threads, CLIP model or filters would mix results that cannot be compared)."""
+    if not path.is_file():
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(options, indent=1) + "\n")
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not readable ({e}): the folder is damaged") from None
+    changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in options.items() if before.get(k) != v]
+    if changed:
+        raise ValueError(
+            f"{path.parent} holds results made with other options ({'; '.join(changed)}): give the same, "
+            "or another --out"
+        )
 
 
 def check_ids(items: list, done: dict, path: Path):
@@ -195,7 +226,7 @@ def check_ids(items: list, done: dict, path: Path):
         raise SpecError("\n".join(errors))
 
 
-def check_out(out) -> Path:
+def check_folder(out) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file: give a folder (it is created if need be)")
@@ -212,43 +243,57 @@ def sweep(
     ray_address: str | None = None,
     clip=None,
     keep: str | None = None,
-    device: str = "cpu",
+    device: str | None = None,
     dtype: str = "float32",
+    vae_dtype: str | None = None,
     threads: int = 1,
     progress: bool = True,
 ) -> list:
     """Run every item of `spec` (a JSONL path, or a list of dicts) not yet in `out`/results.jsonl -> every
     item's record, in spec order. `workers` local processes (1: this one), or Ray workers with `ray`
     (`ray_address`: an existing cluster's; else a local Ray is started). `clip`: a local CLIPModel folder for
-    CLIP metrics; `keep`: filters ("clip_dir>=0.2,clip_img>=0.75") that mark the records that pass."""
-    out = check_out(out)
+    CLIP metrics; `keep`: filters ("clip_dir>=0.2,clip_img>=0.75") that mark the records that pass. `device`
+    None: the CPU, or on a Ray cluster with GPUs, one GPU per worker. An edit that fails (a setting the model
+    cannot take) gets a record with its "error", and the sweep goes on."""
+    out = check_folder(out)
     workers, threads = whole(workers, "workers", 1, 1024), whole(threads, "threads", 1, 1024)
-    tokenizer_dir = Path(weights) / "tokenizer" if weights and Path(weights).is_dir() else TOKENIZER_DIR
-    tokenizer = load_tokenizer(TextConfig(), tokenizer_dir)
+    for name, d in (("dtype", dtype), ("vae_dtype", vae_dtype)):
+        if d is not None and d not in DTYPES:  # by name: the options are written to sweep.json
+            raise ValueError(f"{name} {d!r}: use {', '.join(DTYPES)}")
+    if device is not None:
+        check_device(device)
+    if weights is not None and not Path(weights).exists():
+        raise FileNotFoundError(f"checkpoint not found: {weights}")
+    folder = Path(weights) / "tokenizer" if weights and Path(weights).is_dir() else None
+    tokenizer = load_tokenizer(TextConfig(), folder if folder and folder.is_dir() else TOKENIZER_DIR)
     items = read_spec(spec, tokenizer)
     metrics = (SHAPES_METRICS if weights is None else ()) + (CLIP_METRICS if clip else ())
     conditions = parse_keep(keep, metrics)
-    if clip and not (Path(clip) / "config.json").is_file():
-        raise ValueError(f"--clip {clip}: not a CLIP model folder (no config.json)")
+    if clip:
+        check_clip(clip)
     if ray:
         check_ray()
     (out / "images").mkdir(parents=True, exist_ok=True)
     path = out / RESULTS
     done = read_results(path)
     check_ids(items, done, path)
+    model = dict(weights=None if weights is None else str(weights), dtype=dtype, vae_dtype=vae_dtype)
+    check_run(out / RUN, dict(model, threads=threads, clip=None if clip is None else str(clip), keep=keep))
     todo = [i for i in items if i.key not in done]
     if progress:
         print(
             f"{len(todo)} of {len(items)} edits to do ({len(items) - len(todo)} finished in {path})",
             file=sys.stderr,
         )
-    options = dict(weights=weights, device=device, dtype=dtype, clip=clip, threads=threads)
+    options = dict(model, device=device, clip=clip, threads=threads)
     bar = tqdm(
         total=len(items), initial=len(items) - len(todo), desc="sweep", unit="edit", disable=not progress
     )
     by_key = {i.key: i for i in todo}
     with open(path, "a") as f, bar, closing(results(todo, options, workers, ray, ray_address)) as computed:
         for result in computed:
+            if "fatal" in result:  # a worker could not start: its model or device
+                raise ValueError(result["fatal"])
             item = by_key[result["key"]]
             record = finish(item, result, out, conditions)
             f.write(json.dumps(record) + "\n")
@@ -262,7 +307,7 @@ def sweep(
 def finish(item: Item, result: dict, out: Path, conditions: list) -> dict:
     """Write an item's images (atomically) -> its result record."""
     images = {}
-    for name, data in result["png"].items():
+    for name, data in result.get("png", {}).items():
         rel = f"images/{item.key}_{name}.png"
         with atomic_write(out / rel) as tmp:
             tmp.write_bytes(data)
@@ -270,4 +315,6 @@ def finish(item: Item, result: dict, out: Path, conditions: list) -> dict:
     record = asdict(item)
     record.update(images=images, metrics=result["metrics"], seconds=round(result["seconds"], 3))
     record["kept"] = kept(result["metrics"], conditions)
+    if "error" in result:
+        record["error"] = result["error"]
     return record

@@ -114,6 +114,7 @@ def test_both_tokenizers_put_every_word_at_the_same_place(sdxl_pipe):
 
 @pytest.mark.parametrize("micro", [{}, MICRO])
 def test_generate_equals_stable_diffusion_xl_pipeline(sdxl_pipe, reference, micro):
+    """Each side's defaults (guidance 5.0, the image's size as original and target size), then given sizes."""
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     negative = {"negative_prompt": "ugly"} if micro else {}
     options = dict(latents=latents, **micro, **negative)
@@ -124,7 +125,6 @@ def test_generate_equals_stable_diffusion_xl_pipeline(sdxl_pipe, reference, micr
         height=128,
         width=128,
         output_type="pt",
-        guidance_scale=7.5,
         **options,
     ).images
     latent = sdxl_pipe.generate(["a cat"], steps=4, output="latent", progress=False, **options)
@@ -134,7 +134,6 @@ def test_generate_equals_stable_diffusion_xl_pipeline(sdxl_pipe, reference, micr
         height=128,
         width=128,
         output_type="latent",
-        guidance_scale=7.5,
         **options,
     ).images
     image_diff = ((ours / 2 + 0.5).clamp(0, 1) - theirs).abs().max()
@@ -222,6 +221,8 @@ def test_inversion_on_sdxl(sdxl_pipe, method, tmp_path):
     assert (edited[0] - again[0]).abs().max() < 1e-3  # the source branch is the reconstruction (batch 2 vs 1)
     if method == "direct":
         assert torch.equal(again[0], inv.trajectory[0][0])  # exactly the encoded image
+    with pytest.raises(ValueError, match="an inversion was made with the defaults"):
+        sdxl_pipe.generate(["a red circle"], inversion=inv, target_size=(64, 64), progress=False)
 
 
 def test_sdxl_vae_stays_float32_under_float16():

@@ -105,6 +105,7 @@ def test_a_sweep_runs_resumes_and_refuses_to_mix_specs(tmp_path):
         minip2p.sweep(changed, out, progress=False)
 
 
+@pytest.mark.slow  # processes: out of the fast suite, in CI
 def test_two_worker_processes_give_the_same_results(tmp_path):
     one = minip2p.sweep(SPEC, tmp_path / "one", progress=False)
     two = minip2p.sweep(SPEC, tmp_path / "two", workers=2, progress=False)
@@ -112,6 +113,7 @@ def test_two_worker_processes_give_the_same_results(tmp_path):
     assert images(tmp_path / "one", one) == images(tmp_path / "two", two)  # bit for bit
 
 
+@pytest.mark.slow  # processes: out of the fast suite, in CI
 def test_ray_workers_give_the_same_results(tmp_path):
     pytest.importorskip("ray", reason="the [scale] extra is part of [dev]: CI runs this")
     one = minip2p.sweep(SPEC, tmp_path / "one", progress=False)
@@ -185,6 +187,7 @@ def wait_for(condition, timeout=120):
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # processes: out of the fast suite, in CI
 def test_an_interrupted_sweep_loses_nothing_and_resumes(tmp_path):
     """SIGKILL to one of two workers (the driver starts them again), then SIGINT to the driver half-way; the
     re-run does only what was left, and the results hold every item once, each with its two whole images."""
@@ -215,3 +218,42 @@ def test_an_interrupted_sweep_loses_nothing_and_resumes(tmp_path):
         for name in r["images"].values():
             Image.open(out / name).verify()  # a whole PNG
     assert not list(out.rglob("*.tmp")) and len(list((out / "images").iterdir())) == 48
+
+
+def test_a_failing_edit_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, cli):
+    edit = minip2p.Pipeline.edit
+
+    def fails_for_squares(self, source, target, **options):
+        if "square" in target and "triangle" not in target:
+            raise ValueError("this edit cannot be done")
+        return edit(self, source, target, **options)
+
+    monkeypatch.setattr(minip2p.Pipeline, "edit", fails_for_squares)
+    spec = [SPEC[0], dict(SPEC[1], id="fails")]
+    code, out, err = cli("sweep", write_spec(tmp_path / "s.jsonl", spec), "--out", tmp_path / "o", "--quiet")
+    assert code == 0 and "5 edits" in out and "1 failed" in out
+    failed = read_results(tmp_path / "o" / "results.jsonl")["fails_seed0_cross0.8_self0.4"]
+    assert failed["error"] == "this edit cannot be done" and failed["images"] == {}
+
+
+def test_a_resume_with_other_options_or_a_bad_model_is_refused(tmp_path, cli):
+    spec = write_spec(tmp_path / "s.jsonl", SPEC[1:])
+    assert cli("sweep", spec, "--out", tmp_path / "o", "--quiet")[0] == 0
+    code, out, err = cli("sweep", spec, "--out", tmp_path / "o", "--dtype", "bfloat16", "--quiet")
+    assert code == 1 and "made with other options (dtype 'float32' -> 'bfloat16')" in err
+    bad = tmp_path / "bad.safetensors"
+    bad.write_text("not weights")
+    code, out, err = cli("sweep", spec, "--out", tmp_path / "o2", "--weights", bad, "--quiet")
+    assert code == 1 and "is not a readable .safetensors file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_last_line_cut_short_is_dropped_and_a_whole_one_kept(tmp_path):
+    out = tmp_path / "o"
+    records = minip2p.sweep(SPEC[1:], out, progress=False)
+    path = out / "results.jsonl"
+    line = json.dumps(records[0])
+    path.write_text(line)  # whole, but its newline was not written
+    assert minip2p.sweep(SPEC[1:], out, progress=False) == records and path.read_text() == line + "\n"
+    path.write_text(line[:-10])  # cut short: the edit is done again
+    assert comparable(minip2p.sweep(SPEC[1:], out, progress=False)) == comparable(records)
+    assert path.read_text().count("\n") == 1
