@@ -33,18 +33,28 @@ def main():
         {"id": f"swap{k}", "source": s, "target": t, "seeds": list(range(args.seeds)), "steps": args.steps}
         for k, (s, t, _) in enumerate(SWAPS)
     ]
-    results, seconds = {}, {}
+    results, seconds, per_edit = {}, {}, {}
     for name, options in RUNS.items():
-        out = Path(args.out) / name.split(",")[0].replace(" ", "_")
+        out = Path(args.out) / f"run{len(results)}"  # one folder per run
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
         records = minip2p.sweep(spec, out, progress=False, **options)
         seconds[name] = time.perf_counter() - t0
+        per_edit[name] = sum(r["seconds"] for r in records) / len(records)
         results[name] = ([{k: v for k, v in r.items() if k != "seconds"} for r in records], out)
     reference, reference_out = results["in-process, 1 thread"]
     n = len(reference)
     print(f"{n} edits ({len(SWAPS)} word swaps x {args.seeds} seeds, {args.steps} DDIM steps), bundled model")
-    print(header("run", "wall time (s)", "edits / minute", "vs in-process", "same results as in-process"))
+    print(
+        header(
+            "run",
+            "wall time (s)",
+            "edits / minute",
+            "vs in-process",
+            "s per edit (in the worker)",
+            "same results",
+        )
+    )
     base = seconds["in-process, 1 thread"]
     for name in RUNS:
         records, out = results[name]
@@ -59,6 +69,7 @@ def main():
                 f"{seconds[name]:.1f}",
                 f"{60 * n / seconds[name]:.1f}",
                 f"{base / seconds[name]:.2f}x",
+                f"{per_edit[name]:.2f}",
                 same,
             )
         )

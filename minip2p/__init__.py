@@ -8,8 +8,9 @@ from .checkpoint import save_checkpoint
 from .config import ModelConfig
 from .ddim import DDIM
 from .inversion import Inversion
+from .loading import load
 from .p2p import Refine, Replace, Reweight, make_edit
-from .pipeline import Pipeline, load
+from .pipeline import Pipeline
 from .store import AttentionStore
 from .sweep import sweep
 from .text import TextConfig

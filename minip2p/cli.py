@@ -11,8 +11,8 @@ from .checks import DTYPES
 from .files import IMAGE_SUFFIXES, check_output, save_image
 from .images import load_image
 from .inversion import METHODS
+from .loading import load
 from .p2p import AttentionStore, default_edit_kind, make_edit
-from .pipeline import load
 from .sweep import sweep
 from .viz import cross_attention_grid, image_grid
 

@@ -2,7 +2,6 @@
 
 import inspect
 import sys
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -22,12 +21,11 @@ from .checks import (
 )
 from .checks import seed as check_seed
 from .ddim import DDIM, TRAIN_STEPS, guided
-from .diffusers_folder import read_diffusers_folder
 from .images import to_pil, to_tensor
 from .inversion import Inversion, invert
 from .layers import added_conditioning
 from .p2p import make_edit
-from .text import TOKENIZER_DIR, build_text_encoder, encode_text, load_tokenizer, tokenize
+from .text import encode_text, tokenize
 from .unet import UNet
 from .vae import VAE
 
@@ -41,59 +39,6 @@ def choose_vae_dtype(cfg: ckpt.ModelConfig, dtype, vae_dtype):
     if vae_dtype is not None:
         return check_dtype(vae_dtype)
     return torch.float32 if dtype == torch.float16 and cfg.vae.upcast else dtype
-
-
-def load(
-    path=None,
-    *,
-    device="cpu",
-    dtype=torch.float32,
-    vae_dtype: torch.dtype | None = None,
-    prediction: str | None = None,
-) -> "Pipeline":
-    """Load a model: a single-file .safetensors (SD1.x, SD2.x, SDXL base, or ours), or a diffusers folder.
-
-    path=None loads the bundled shapes-world model. `dtype` is the UNet's and text encoders'; `vae_dtype` the
-    VAE's (see `Pipeline.to`). `prediction` ("epsilon" or "v") overrides what the file says or implies:
-    v-prediction (SD2 768-v models) is not visible in the weights.
-    """
-    device, dtype = check_device(device), check_dtype(dtype)
-    vae_dtype = None if vae_dtype is None else check_dtype(vae_dtype)
-    path = Path(ckpt.BUNDLED_MODEL if path is None else path)
-    tokenizer_dirs = {}
-    if path.is_dir():
-        cfg, parts, tokenizer_dirs = read_diffusers_folder(path, prediction)
-    else:
-        tensors, meta = ckpt.read_safetensors(path)
-        cfg = ckpt.infer_config(tensors, meta, path, prediction)
-        parts = ckpt.split_parts(tensors, cfg)
-        del tensors
-    text_cfgs = {"text": cfg.text, "text_2": cfg.text_2} if cfg.text_2 else {"text": cfg.text}
-    with torch.device("meta"):  # every part is checked against the file before any memory is taken
-        models = {"unet": UNet(cfg.unet), "vae": VAE(cfg.vae)}
-        models.update({name: build_text_encoder(c) for name, c in text_cfgs.items()})
-    prefixes = {"unet": ckpt.UNET_PREFIX, "vae": ckpt.VAE_PREFIX, **ckpt.text_prefixes(cfg)}
-    names = {"unet": "UNet", "vae": "VAE", "text": "text encoder", "text_2": "second text encoder"}
-    for name, model in models.items():
-        prefix = "" if path.is_dir() else prefixes[name]
-        ckpt.check_state_dict(parts[name], model.state_dict(), path, names[name], prefix)
-    tokenizers = {}
-    for name, c in text_cfgs.items():
-        tokenizers[name] = load_tokenizer(c, tokenizer_dirs.get(name) or TOKENIZER_DIR)
-        if len(tokenizers[name]) > c.vocab_size:
-            raise ckpt.CheckpointError(
-                f"{path}: the tokenizer has {len(tokenizers[name])} tokens, the {names[name]} only "
-                f"{c.vocab_size}"
-            )
-    vae_dtype = choose_vae_dtype(cfg, dtype, vae_dtype)
-    for name, model in models.items():
-        part_dtype = vae_dtype if name == "vae" else dtype
-        if name.startswith("text"):  # as large as the file's own tensors: they were checked
-            model = models[name] = build_text_encoder(text_cfgs[name])
-        model.load_state_dict(ckpt.cast(parts.pop(name), part_dtype), strict=True, assign=True)
-    encoders = [(models[n], tokenizers[n]) for n in text_cfgs]
-    pipe = Pipeline(cfg, models["unet"], models["vae"], *encoders[0], *(encoders[1] if cfg.text_2 else ()))
-    return pipe.to(device=device, dtype=dtype, vae_dtype=vae_dtype)
 
 
 class Pipeline:
@@ -305,23 +250,13 @@ class Pipeline:
         height = default if height is None else height
         width = default if width is None else width
         height, width = self.check_size(height, width, max_size)
+        sizes = self.micro_conditioning(original_size, crops_coords_top_left, target_size, inversion)
         ddim = DDIM(steps, steps_offset, self.config.prediction)
         cond, pooled = self.encode_text(prompts)
         if inversion is None:
             uncond, uncond_pooled = self.encode_negative(negative_prompt)
         else:
             uncond_pooled = inversion.null_pooled
-        sizes = original_size, size_pair(crops_coords_top_left, "crops_coords_top_left"), target_size
-        default_sizes = (original_size, target_size) == (None, None) and sizes[1] == (0, 0)
-        if pooled is None and not default_sizes:
-            raise ValueError(
-                "original_size, crops_coords_top_left, target_size: only SDXL takes them (micro-conditioning)"
-            )
-        if inversion is not None and not default_sizes:
-            raise ValueError(
-                "original_size, crops_coords_top_left, target_size: an inversion was made with the defaults "
-                "(the image's size, (0, 0)); sampling from it must use them too"
-            )
         y = None
         if pooled is not None:
             y = torch.cat([uncond_pooled.to(pooled).expand_as(pooled), pooled])
@@ -339,6 +274,25 @@ class Pipeline:
                 ddim, i, t, x, context, guidance_scale, eta, generator, controller, source, y
             )
         return x
+
+    def micro_conditioning(self, original_size, crop, target_size, inversion) -> tuple:
+        """SDXL's size arguments, checked before any work; an error for other models, and with an inversion
+        (made with the defaults)."""
+        sizes = (
+            None if original_size is None else size_pair(original_size, "original_size"),
+            size_pair(crop, "crops_coords_top_left"),
+            None if target_size is None else size_pair(target_size, "target_size"),
+        )
+        if sizes != (None, (0, 0), None):
+            names = "original_size, crops_coords_top_left, target_size"
+            if self.config.text_2 is None:
+                raise ValueError(f"{names}: only SDXL takes them (micro-conditioning)")
+            if inversion is not None:
+                raise ValueError(
+                    f"{names}: an inversion was made with the defaults (the image's size, (0, 0)); sampling "
+                    "from it must use them too"
+                )
+        return sizes
 
     def denoise_step(
         self, ddim, i, t, x, context, guidance_scale, eta, generator, controller, source=None, y=None

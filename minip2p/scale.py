@@ -14,8 +14,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
+from .loading import load
 from .metrics import ClipScorer, shapes_metrics
-from .pipeline import load
 
 RETRIES = 3  # workers that die are started again this many times (the items they held are run again)
 _worker = None  # the model of a local worker process

@@ -1,0 +1,67 @@
+"""Loading a model: a file or folder, checked part by part against the model it is taken to be before any
+memory is taken, then the parts built, filled and put on their device and dtype."""
+
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .checks import check_device, check_dtype
+from .diffusers_folder import read_diffusers_folder
+from .pipeline import Pipeline, choose_vae_dtype
+from .text import TOKENIZER_DIR, build_text_encoder, load_tokenizer
+from .unet import UNet
+from .vae import VAE
+
+
+def load(
+    path=None,
+    *,
+    device="cpu",
+    dtype=torch.float32,
+    vae_dtype: torch.dtype | None = None,
+    prediction: str | None = None,
+) -> Pipeline:
+    """Load a model: a single-file .safetensors (SD1.x, SD2.x, SDXL base, or ours), or a diffusers folder.
+
+    path=None loads the bundled shapes-world model. `dtype` is the UNet's and text encoders'; `vae_dtype` the
+    VAE's (see `Pipeline.to`). `prediction` ("epsilon" or "v") overrides what the file says or implies:
+    v-prediction (SD2 768-v models) is not visible in the weights.
+    """
+    device, dtype = check_device(device), check_dtype(dtype)
+    vae_dtype = None if vae_dtype is None else check_dtype(vae_dtype)
+    path = Path(ckpt.BUNDLED_MODEL if path is None else path)
+    tokenizer_dirs = {}
+    if path.is_dir():
+        cfg, parts, tokenizer_dirs = read_diffusers_folder(path, prediction)
+    else:
+        tensors, meta = ckpt.read_safetensors(path)
+        cfg = ckpt.infer_config(tensors, meta, path, prediction)
+        parts = ckpt.split_parts(tensors, cfg)
+        del tensors
+    text_cfgs = {"text": cfg.text, "text_2": cfg.text_2} if cfg.text_2 else {"text": cfg.text}
+    with torch.device("meta"):  # every part is checked against the file before any memory is taken
+        models = {"unet": UNet(cfg.unet), "vae": VAE(cfg.vae)}
+        models.update({name: build_text_encoder(c) for name, c in text_cfgs.items()})
+    prefixes = {"unet": ckpt.UNET_PREFIX, "vae": ckpt.VAE_PREFIX, **ckpt.text_prefixes(cfg)}
+    names = {"unet": "UNet", "vae": "VAE", "text": "text encoder", "text_2": "second text encoder"}
+    for name, model in models.items():
+        prefix = "" if path.is_dir() else prefixes[name]
+        ckpt.check_state_dict(parts[name], model.state_dict(), path, names[name], prefix)
+    tokenizers = {}
+    for name, c in text_cfgs.items():
+        tokenizers[name] = load_tokenizer(c, tokenizer_dirs.get(name) or TOKENIZER_DIR)
+        if len(tokenizers[name]) > c.vocab_size:
+            raise ckpt.CheckpointError(
+                f"{path}: the tokenizer has {len(tokenizers[name])} tokens, the {names[name]} only "
+                f"{c.vocab_size}"
+            )
+    vae_dtype = choose_vae_dtype(cfg, dtype, vae_dtype)
+    for name, model in models.items():
+        part_dtype = vae_dtype if name == "vae" else dtype
+        if name.startswith("text"):  # as large as the file's own tensors: they were checked
+            model = models[name] = build_text_encoder(text_cfgs[name])
+        model.load_state_dict(ckpt.cast(parts.pop(name), part_dtype), strict=True, assign=True)
+    encoders = [(models[n], tokenizers[n]) for n in text_cfgs]
+    pipe = Pipeline(cfg, models["unet"], models["vae"], *encoders[0], *(encoders[1] if cfg.text_2 else ()))
+    return pipe.to(device=device, dtype=dtype, vae_dtype=vae_dtype)
