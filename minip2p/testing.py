@@ -6,6 +6,8 @@ same file through its own converters (given `ldm_config`, the original LDM confi
 imports diffusers.
 """
 
+from dataclasses import replace
+
 import torch
 from safetensors.torch import save_file
 
@@ -40,17 +42,8 @@ def small_config(family: str = "sd1") -> ModelConfig:
     if family == "sdxl":
         cfg = ModelConfig.sdxl()
         text.penultimate, text.final_norm = True, False
-        text_2 = TextConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_layers=3,
-            num_heads=2,
-            hidden_act="gelu",
-            penultimate=True,
-            final_norm=False,
-            pad_token="!",
-            projection_dim=16,
-        )
+        narrow = dict(hidden_size=32, intermediate_size=64, num_layers=3, num_heads=2, projection_dim=16)
+        text_2 = replace(TextConfig.sdxl_2(), **narrow)
         cfg.unet.model_channels, cfg.unet.head_dim, cfg.unet.context_dim = 32, 8, 64 + 32
         cfg.unet.transformer_depth = (1, 1, 2)
         cfg.unet.adm_in_channels = text_2.projection_dim + SDXL_SIZES * SDXL_SIZE_DIM
