@@ -180,6 +180,12 @@ def lines(path: Path) -> int:
     return path.read_text().count("\n") if path.exists() else 0
 
 
+def ctrl_c():
+    """A shell without job control (CI) starts background commands with SIGINT ignored, and so their
+    children: give the driver Ctrl-C back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for(condition, timeout=120):
     end = time.time() + timeout
     while not condition():
@@ -197,7 +203,7 @@ def test_an_interrupted_sweep_loses_nothing_and_resumes(tmp_path):
     path, out = write_spec(tmp_path / "s.jsonl", spec), tmp_path / "o"
     results = out / "results.jsonl"
     command = [sys.executable, "-m", "minip2p", "sweep", str(path), "--out", str(out), "--workers", "2"]
-    driver = subprocess.Popen(command + ["--quiet"], stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(command + ["--quiet"], stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c)
     wait_for(lambda: lines(results) >= 2)
     workers = [
         c for c in children(driver.pid) if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()
