@@ -95,6 +95,7 @@ TEXT_LIMITS = dict(
     num_heads=(1, 256),
     vocab_size=(1, 1_000_000),
     max_length=(2, 1024),
+    projection_dim=(1, 16384),
 )
 LIMITS = {
     "unet": dict(
@@ -112,8 +113,8 @@ LIMITS = {
     "vae": dict(
         ch=(1, 2048), num_res_blocks=(1, 16), in_channels=(1, 16), z_channels=(1, 256), norm_groups=(1, 1024)
     ),
-    "text": dict(TEXT_LIMITS, projection_dim=(1, 16384)),
-    "text_2": dict(TEXT_LIMITS, projection_dim=(1, 16384)),
+    "text": TEXT_LIMITS,
+    "text_2": TEXT_LIMITS,
 }
 OPTIONAL = {("unet", "head_dim"), ("unet", "adm_in_channels"), ("text", "projection_dim")}
 MULTIPLIERS = (1, 64)  # channel_mult / ch_mult entries

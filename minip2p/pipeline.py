@@ -137,17 +137,13 @@ class Pipeline:
         return self.encode_text(["" if negative_prompt is None else negative_prompt])
 
     def added_conditioning(self, pooled, height, width, original_size=None, crop=(0, 0), target_size=None):
-        """SDXL's y for a (B, P) pooled embedding: pooled + the micro-conditioning sizes (original size, crop
-        top-left, target size; by default the image's size, (0, 0), the image's size); None for a model
+        """SDXL's y for a (B, P) pooled embedding: pooled + the micro-conditioning sizes (as checked by
+        `micro_conditioning`; by default the image's size, (0, 0), the image's size); None for a model
         without it."""
         if pooled is None:
             return None
-        sizes = [
-            size_pair(original_size or (height, width), "original_size"),
-            size_pair(crop, "crops_coords_top_left"),
-            size_pair(target_size or (height, width), "target_size"),
-        ]
-        sizes = torch.tensor([sum(sizes, ())], dtype=torch.float32, device=self.device)
+        sizes = (*(original_size or (height, width)), *crop, *(target_size or (height, width)))
+        sizes = torch.tensor([sizes], dtype=torch.float32, device=self.device)
         return added_conditioning(pooled, sizes.expand(pooled.shape[0], -1))
 
     def latent_shape(self, height: int, width: int) -> tuple:

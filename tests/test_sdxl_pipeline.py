@@ -118,24 +118,15 @@ def test_generate_equals_stable_diffusion_xl_pipeline(sdxl_pipe, reference, micr
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     negative = {"negative_prompt": "ugly"} if micro else {}
     options = dict(latents=latents, **micro, **negative)
-    ours = sdxl_pipe.generate(["a cat"], steps=4, output="tensor", progress=False, **options)
-    theirs = reference(
-        ["a cat"],
-        num_inference_steps=4,
-        height=128,
-        width=128,
-        output_type="pt",
-        **options,
-    ).images
     latent = sdxl_pipe.generate(["a cat"], steps=4, output="latent", progress=False, **options)
-    ref_latent = reference(
-        ["a cat"],
-        num_inference_steps=4,
-        height=128,
-        width=128,
-        output_type="latent",
-        **options,
-    ).images
+    ours = sdxl_pipe.decode(latent)
+
+    def diffusers_run(output_type):
+        return reference(
+            ["a cat"], num_inference_steps=4, height=128, width=128, output_type=output_type, **options
+        )
+
+    theirs, ref_latent = diffusers_run("pt").images, diffusers_run("latent").images
     image_diff = ((ours / 2 + 0.5).clamp(0, 1) - theirs).abs().max()
     latent_diff = (latent - ref_latent).abs().max()
     print(f"\nnarrow SDXL, 4 DDIM steps {micro}: max |diff| image {image_diff:.2e}, latent {latent_diff:.2e}")
