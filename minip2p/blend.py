@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from . import defaults
 from .align import MAX_TOKENS, word_token_indices
 from .attention import Place
-from .checks import in_range
+from .checks import check_range
 
 
 def map_factor(fraction: float, latent_h: int, min_size: int = defaults.MIN_MAP_SIZE) -> int:
@@ -55,10 +55,10 @@ class LocalBlend:
         res_fraction: float = defaults.BLEND_RES_FRACTION,
     ):
         self.words, self.subtract, self.user_mask = words, subtract, check_mask(mask)
-        self.threshold = in_range(threshold, "LocalBlend threshold", 0, 1)
-        self.start_blend = in_range(start_blend, "LocalBlend start_blend", 0, 1)
+        self.threshold = check_range(threshold, "LocalBlend threshold", 0, 1)
+        self.start_blend = check_range(start_blend, "LocalBlend start_blend", 0, 1)
         # the size of the maps read, as a fraction of the latent's
-        self.res_fraction = in_range(res_fraction, "LocalBlend res_fraction", 0, 1, low_open=True)
+        self.res_fraction = check_range(res_fraction, "LocalBlend res_fraction", 0, 1, low_open=True)
 
     def bind(self, prompts, tokenizer):
         """One word (or list of words) per prompt -> which tokens of each prompt the mask is read from."""

@@ -20,22 +20,22 @@ def short(text: str, limit: int = 80) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
-def finite(value, name: str) -> float:
+def check_finite(value, name: str) -> float:
     """A real number that is not NaN or infinite."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, not {value!r}")
     return float(value)
 
 
-def in_range(value, name: str, low: float, high: float, low_open: bool = False) -> float:
+def check_range(value, name: str, low: float, high: float, low_open: bool = False) -> float:
     """A finite number in [low, high] (or (low, high] with low_open)."""
-    value = finite(value, name)
+    value = check_finite(value, name)
     if not (low < value <= high if low_open else low <= value <= high):
         raise ValueError(f"{name} must be in {'(' if low_open else '['}{low:g}, {high:g}], not {value:g}")
     return value
 
 
-def whole(value, name: str, low: int = 1, high: int | None = None) -> int:
+def check_whole(value, name: str, low: int = 1, high: int | None = None) -> int:
     """An integer in [low, high] (booleans and floats are refused: 2.5 steps is a mistake, not 2)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be a whole number, not {value!r}")
@@ -45,16 +45,16 @@ def whole(value, name: str, low: int = 1, high: int | None = None) -> int:
     return int(value)
 
 
-def seed(value) -> int:
+def check_seed(value) -> int:
     """A seed: 0 <= seed < 2**32, each giving its own noise."""
-    return whole(value, "seed", 0, SEED_LIMIT - 1)
+    return check_whole(value, "seed", 0, SEED_LIMIT - 1)
 
 
-def size_pair(value, name: str) -> tuple:
+def check_size_pair(value, name: str) -> tuple:
     """A (height, width) or (top, left) pair of whole pixel counts >= 0 (SDXL's micro-conditioning)."""
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise ValueError(f"{name} must be a pair of whole numbers (height, width), not {value!r}")
-    return tuple(whole(v, f"{name} entry", 0, 1 << 16) for v in value)
+    return tuple(check_whole(v, f"{name} entry", 0, 1 << 16) for v in value)
 
 
 def check_device(device) -> torch.device:
@@ -97,3 +97,25 @@ def check_dtype(dtype) -> torch.dtype:
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, not {dtype!r}")
     return dtype
+
+
+def check_image_size(cfg, height, width, max_size: int | None = None) -> tuple:
+    """Image sizes -> (height, width), checked for a model config: positive multiples of what the model needs,
+    at most max_size (by default 4x the model's own size: past it memory grows fast; going there is a
+    choice)."""
+    cell = cfg.vae.pixels_per_cell
+    step = cell * 2 ** (len(cfg.unet.channel_mult) - 1)
+    limit = 4 * cfg.image_size if max_size is None else check_whole(max_size, "max_size")
+    for name, v in (("height", height), ("width", width)):
+        check_whole(v, name)
+        if v % step:
+            raise ValueError(
+                f"{name}={v}: image sizes must be positive multiples of {step} for this model "
+                f"({cell} pixels per latent cell x {step // cell}, the UNet's downsampling)"
+            )
+        if v > limit:
+            raise ValueError(
+                f"{name}={v} is more than {limit}, 4x this model's {cfg.image_size} px; pass "
+                f"max_size={v} (--max-size {v}) to go past it"
+            )
+    return height, width

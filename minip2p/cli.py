@@ -149,7 +149,7 @@ def cmd_edit(args):
 def cmd_attention(args):
     out = check_out(args.out)
     pipe = load_model(args)
-    latent = pipe.config.image_size // pipe.factor
+    latent = pipe.config.image_size // pipe.pixels_per_cell
     sizes = sorted({latent // p.factor for p in pipe.unet.places() if p.is_cross})
     res = sizes[-1] if args.res is None else args.res  # the finest maps by default
     if res not in sizes:

@@ -5,7 +5,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from .checks import whole
+from .checks import check_whole
 from .text import TextConfig
 from .unet import UNetConfig
 from .vae import VAEConfig
@@ -129,7 +129,7 @@ def check_config(cfg: ModelConfig, where) -> ModelConfig:
 
     def check(value, name, low, high):
         try:
-            whole(value, name, low, high)
+            check_whole(value, name, low, high)
         except ValueError as e:
             fail(e)
 
@@ -185,7 +185,7 @@ def check_config(cfg: ModelConfig, where) -> ModelConfig:
         fail(
             f"family {cfg.family!r}, prediction {cfg.prediction!r}: expected one of {FAMILIES}; epsilon or v"
         )
-    step = v.factor * 2 ** (len(u.channel_mult) - 1)
+    step = v.pixels_per_cell * 2 ** (len(u.channel_mult) - 1)
     if not isinstance(cfg.image_size, int) or not step <= cfg.image_size <= 8192 or cfg.image_size % step:
         fail(f"image_size must be a multiple of {step} up to 8192, not {cfg.image_size!r}")
     return cfg

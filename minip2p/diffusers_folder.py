@@ -277,7 +277,7 @@ def configs(path, unet_cfg, vae_cfg, text_cfg, prediction, text_2_cfg=None) -> t
         vae,
         text,
         prediction or {"v_prediction": "v"}.get(pred, pred),
-        unet_cfg.get("sample_size", 64) * vae.factor,
+        unet_cfg.get("sample_size", 64) * vae.pixels_per_cell,
         text_2,
         sdxl and bool(zeros),
     )

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .checks import whole
+from .checks import check_whole
 
 
 def to_tensor(images) -> torch.Tensor:
@@ -60,10 +60,10 @@ def load_image(image, size: int, crop=(0, 0, 0, 0)) -> Image.Image:
     """A path or PIL image -> RGB PIL image of size x size: EXIF orientation applied, any mode converted
     (16-bit scaled, transparency composited on white), `crop` = pixels cut from (left, right, top, bottom),
     then a centre crop to a square and a resize."""
-    whole(size, "size")
+    check_whole(size, "size")
     if not isinstance(crop, (tuple, list)) or len(crop) != 4:
         raise ValueError(f"crop must be four pixel counts (left, right, top, bottom), not {crop!r}")
-    crop = tuple(whole(c, "each crop", 0) for c in crop)
+    crop = tuple(check_whole(c, "each crop", 0) for c in crop)
     if not isinstance(image, (Image.Image, str, Path)):
         raise ValueError(
             f"image must be a file path, a PIL image or a (1, 3, H, W) tensor, not {type(image).__name__} "

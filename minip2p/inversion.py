@@ -22,10 +22,11 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import defaults
-from .checks import finite, short, whole
+from .checks import check_finite, check_image_size, check_whole, short
 from .ddim import DDIM, TRAIN_STEPS, guided
 from .files import atomic_write
 from .images import load_image, to_tensor
+from .layers import size_conditioning
 
 METHODS = ("null-text", "negative-prompt", "ddim", "direct")
 META_KEY = "minip2p_inversion"
@@ -171,7 +172,7 @@ class Inversion:
             raise ValueError(
                 f"{path}: unknown method {inversion.method!r} or steps_offset {inversion.steps_offset}"
             )
-        finite(inversion.guidance_scale, f"{path}: guidance_scale")
+        check_finite(inversion.guidance_scale, f"{path}: guidance_scale")
         return inversion
 
 
@@ -195,12 +196,15 @@ def invert(
         raise ValueError(
             "inversion needs the prompt that describes the image (an empty prompt inverts poorly)"
         )
-    steps = whole(steps, "steps", 1, TRAIN_STEPS)
+    steps = check_whole(steps, "steps", 1, TRAIN_STEPS)
     guidance_scale = pipe.guidance_scale if guidance_scale is None else guidance_scale
-    guidance_scale, early_stop = finite(guidance_scale, "guidance_scale"), finite(early_stop, "early_stop")
+    guidance_scale, early_stop = (
+        check_finite(guidance_scale, "guidance_scale"),
+        check_finite(early_stop, "early_stop"),
+    )
     inner_steps, steps_offset = (
-        whole(inner_steps, "inner_steps", 0),
-        whole(steps_offset, "steps_offset", 0, 1),
+        check_whole(inner_steps, "inner_steps", 0),
+        check_whole(steps_offset, "steps_offset", 0, 1),
     )
     if not isinstance(image, torch.Tensor):
         image = to_tensor(load_image(image, pipe.config.image_size))
@@ -211,13 +215,15 @@ def invert(
         )
     if not torch.isfinite(image).all():
         raise ValueError("the image tensor holds NaN or infinite values")
-    pipe.check_size(image.shape[2], image.shape[3])
+    check_image_size(pipe.config, image.shape[2], image.shape[3])
     ddim = DDIM(steps, steps_offset, pipe.config.prediction)
     (cond, pooled), (null, null_pooled) = pipe.encode_text([prompt]), pipe.encode_negative(None)
     if method == "negative-prompt":
         null, null_pooled = cond, pooled
     height, width = image.shape[2:]
-    y_cond, y_null = (pipe.added_conditioning(p, height, width) for p in (pooled, null_pooled))
+    y_cond, y_null = (
+        None if p is None else size_conditioning(p, height, width) for p in (pooled, null_pooled)
+    )
     with torch.no_grad():
         x = pipe.encode(image)
         trajectory = [x]
@@ -267,7 +273,7 @@ def null_text_optimisation(
         opt = torch.optim.Adam([null], lr=1e-2 * (1.0 - i / 100.0))
         for _ in range(inner_steps):
             out = guided(pipe.predict(x, t, null.to(cond.dtype), y=y_null), out_cond, guidance_scale)
-            loss = F.mse_loss(ddim.step(out, t, x), target)
+            loss = F.mse_loss(ddim.step(out, t, x)[0], target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -276,5 +282,5 @@ def null_text_optimisation(
         null = null.detach().to(cond.dtype)
         nulls.append(null[0])
         with torch.no_grad():
-            x = ddim.step(guided(pipe.predict(x, t, null, y=y_null), out_cond, guidance_scale), t, x)
+            x = ddim.step(guided(pipe.predict(x, t, null, y=y_null), out_cond, guidance_scale), t, x)[0]
     return torch.stack(nulls)

@@ -49,3 +49,11 @@ def added_conditioning(pooled, sizes, dim=256):
     -> (B, P + 6 * dim), in the order of SGM's ConcatTimestepEmbedderND and diffusers' time ids."""
     waves = timestep_embedding(sizes.flatten(), dim).reshape(sizes.shape[0], -1)
     return torch.cat([pooled.float(), waves], dim=-1)
+
+
+def size_conditioning(pooled, height, width, original_size=None, crop=(0, 0), target_size=None):
+    """SDXL's y for a (B, P) pooled embedding and an image of (height, width): `added_conditioning` with the
+    micro-conditioning sizes (diffusers' defaults: the image's size, (0, 0), the image's size)."""
+    sizes = (*(original_size or (height, width)), *crop, *(target_size or (height, width)))
+    sizes = torch.tensor([sizes], dtype=torch.float32, device=pooled.device)
+    return added_conditioning(pooled, sizes.expand(pooled.shape[0], -1))

@@ -18,7 +18,7 @@ from . import defaults
 from .align import MAX_TOKENS, clean, equalizer, refinement_mapper, replacement_mapper, word_token_indices
 from .attention import Controller, Place, conditional_half
 from .blend import LocalBlend, map_factor
-from .checks import in_range, short
+from .checks import check_range, short
 from .store import AttentionStore
 
 
@@ -93,7 +93,7 @@ class Edit(Controller):
         if len(prompts) < 2:
             raise ValueError("an edit needs the source prompt and at least one target prompt")
         # the largest self-attention map replaced, as a fraction of the latent (0.25: 16x16 of 64x64; 1: all)
-        self_max_fraction = in_range(self_max_fraction, "self_max_fraction", 0, 1, low_open=True)
+        self_max_fraction = check_range(self_max_fraction, "self_max_fraction", 0, 1, low_open=True)
         self.prompts, self.tokenizer = list(prompts), tokenizer
         self.self_window = check_window(self_replace_steps, "self_replace_steps")
         self.cross_windows = cross_windows(self.prompts, tokenizer, cross_replace_steps)

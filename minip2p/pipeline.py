@@ -1,29 +1,18 @@
 """Loading a model and generating images: glue between the parts, no maths of its own."""
 
 import inspect
-import sys
+from collections import deque
+from functools import partial
 
 import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from . import defaults
-from .attention import Controller
-from .checks import (
-    SEED_LIMIT,
-    check_device,
-    check_dtype,
-    check_prompts,
-    finite,
-    in_range,
-    size_pair,
-    whole,
-)
-from .checks import seed as check_seed
-from .ddim import DDIM, TRAIN_STEPS, guided
+from . import defaults, sampling
+from .checks import check_device, check_dtype, check_prompts
+from .ddim import denoise
 from .images import to_pil, to_tensor
 from .inversion import Inversion, invert
-from .layers import added_conditioning
 from .p2p import make_edit
 from .text import encode_text, tokenize
 from .unet import UNet
@@ -103,9 +92,9 @@ class Pipeline:
         return defaults.SDXL_GUIDANCE_SCALE if sdxl else defaults.GUIDANCE_SCALE
 
     @property
-    def factor(self) -> int:
-        """Pixels per latent cell (8 for SD)."""
-        return self.config.vae.factor
+    def pixels_per_cell(self) -> int:
+        """Pixels per latent cell along each side (8 for SD)."""
+        return self.config.vae.pixels_per_cell
 
     def encode_prompts(self, prompts) -> torch.Tensor:
         """Prompts -> (B, 77, D) text hidden states (the context)."""
@@ -136,184 +125,37 @@ class Pipeline:
             return context, pooled
         return self.encode_text(["" if negative_prompt is None else negative_prompt])
 
-    def added_conditioning(self, pooled, height, width, original_size=None, crop=(0, 0), target_size=None):
-        """SDXL's y for a (B, P) pooled embedding: pooled + the micro-conditioning sizes (as checked by
-        `micro_conditioning`; by default the image's size, (0, 0), the image's size); None for a model
-        without it."""
-        if pooled is None:
-            return None
-        sizes = (*(original_size or (height, width)), *crop, *(target_size or (height, width)))
-        sizes = torch.tensor([sizes], dtype=torch.float32, device=self.device)
-        return added_conditioning(pooled, sizes.expand(pooled.shape[0], -1))
-
     def latent_shape(self, height: int, width: int) -> tuple:
-        return (self.config.unet.in_channels, height // self.factor, width // self.factor)
+        cell = self.pixels_per_cell
+        return (self.config.unet.in_channels, height // cell, width // cell)
 
     def initial_latent(self, seed: int, height: int, width: int) -> torch.Tensor:
         """One (1, C, h, w) noise latent for a seed, drawn on the CPU: the same on every device."""
-        return self.noise(seed, None, height, width)[0]
+        return sampling.seed_noise(self, seed, None, (height, width))[0]
 
-    def check_size(self, height, width, max_size: int | None = None) -> tuple:
-        """Image sizes -> (height, width), checked: positive multiples of what the model needs, at most
-        max_size (by default 4x the model's own size: past it memory grows fast; going there is a choice)."""
-        step = self.factor * 2 ** (len(self.config.unet.channel_mult) - 1)
-        limit = 4 * self.config.image_size if max_size is None else whole(max_size, "max_size")
-        for name, v in (("height", height), ("width", width)):
-            whole(v, name)
-            if v % step:
-                raise ValueError(
-                    f"{name}={v}: image sizes must be positive multiples of {step} for this model "
-                    f"(VAE factor {self.factor} x UNet factor {step // self.factor})"
-                )
-            if v > limit:
-                raise ValueError(
-                    f"{name}={v} is more than {limit}, 4x this model's {self.config.image_size} px; pass "
-                    f"max_size={v} (--max-size {v}) to go past it"
-                )
-        return height, width
-
-    def noise(self, seed, generator, height, width) -> tuple:
-        """The start latent (1, C, h, w) and the generator that later noise (eta) comes from. With neither
-        seed nor generator, a seed is drawn and reported on stderr, so that a good image can be made again."""
-        if generator is None:
-            if seed is None:
-                seed = int(torch.randint(0, SEED_LIMIT, ()))
-                print(f"seed {seed} (drawn at random; pass seed={seed} to repeat)", file=sys.stderr)
-            generator = torch.Generator("cpu").manual_seed(check_seed(seed))
-        shape = (1, *self.latent_shape(height, width))
-        noise = torch.randn(shape, generator=generator, device=generator.device)
-        return noise.to(self.device), generator
-
-    def start_latents(self, prompts: int, seed, generator, latents, height, width) -> tuple:
-        """(prompts, C, h, w) start latents, one noise shared by all prompts; the generator of later noise."""
-        shape = self.latent_shape(height, width)
-        if latents is None:
-            latents, generator = self.noise(seed, generator, height, width)
-        elif generator is None:
-            generator = torch.Generator("cpu").manual_seed(check_seed(0 if seed is None else seed))
-        if tuple(latents.shape[1:]) != shape or latents.shape[0] not in (1, prompts):
-            raise ValueError(
-                f"latents must have shape (1 or {prompts}, {', '.join(map(str, shape))}), "
-                f"not {tuple(latents.shape)}"
-            )
-        if not torch.isfinite(latents).all():
-            raise ValueError("latents hold NaN or infinite values")
-        return latents.to(self.device, torch.float32).expand(prompts, *shape).clone(), generator
-
-    @torch.no_grad()
-    def sample(
-        self,
-        prompts,
-        *,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-        steps: int | None = None,
-        guidance_scale: float | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        negative_prompt: str | None = None,
-        latents: torch.Tensor | None = None,
-        controller: Controller | None = None,
-        progress: bool = True,
-        eta: float = defaults.ETA,
-        steps_offset: int = 1,
-        inversion: Inversion | None = None,
-        max_size: int | None = None,
-        original_size: tuple | None = None,
-        crops_coords_top_left: tuple = (0, 0),
-        target_size: tuple | None = None,
-    ) -> torch.Tensor:
-        """The DDIM loop with classifier-free guidance -> final latents (B, C, h, w), in UNet (scaled) units.
+    def steps(self, prompts, **options):
+        """The sampling loop as a generator: one `ddim.Step` (i, t, latents after the step, predicted x0) per
+        DDIM step, with classifier-free guidance and the controller's hooks. Every option is checked (and the
+        prompts encoded) before this returns; the options are `sampling.Options`'.
 
         Every prompt starts from the same noise: `latents`, else drawn from `generator` or `seed`. With
         `inversion` (from `invert`), sampling starts from its noise and uses its per-step null embeddings,
-        steps, guidance and schedule, so that the first prompt reconstructs the inverted image. No
-        negative_prompt: the empty prompt (SD), zero embeddings (SDXL), as diffusers' pipelines do. SDXL only:
-        original_size, crops_coords_top_left, target_size (micro-conditioning; diffusers' names and
-        defaults: the image's size, (0, 0), the image's size)."""
-        prompts = check_prompts(prompts)
-        if inversion is not None:
-            inversion.check(self, prompts[0])
-            steps, guidance_scale, steps_offset, latents = inversion.settings(
-                steps, guidance_scale, negative_prompt
-            )
-            height, width = (s * self.factor for s in latents.shape[2:])
-        steps = whole(defaults.STEPS if steps is None else steps, "steps", 1, TRAIN_STEPS)
-        guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
-        guidance_scale = finite(guidance_scale, "guidance")
-        eta = in_range(eta, "eta", 0.0, 1.0)
-        default = self.config.image_size
-        height = default if height is None else height
-        width = default if width is None else width
-        height, width = self.check_size(height, width, max_size)
-        sizes = self.micro_conditioning(original_size, crops_coords_top_left, target_size, inversion)
-        ddim = DDIM(steps, steps_offset, self.config.prediction)
-        cond, pooled = self.encode_text(prompts)
-        if inversion is None:
-            uncond, uncond_pooled = self.encode_negative(negative_prompt)
-        else:
-            uncond_pooled = inversion.null_pooled
-        y = None
-        if pooled is not None:
-            y = torch.cat([uncond_pooled.to(pooled).expand_as(pooled), pooled])
-            y = self.added_conditioning(y, height, width, *sizes)
-        x, generator = self.start_latents(len(prompts), seed, generator, latents, height, width)
-        if controller is not None:
-            controller.start(steps, x.shape[2:], self.device)
-        for i, t in enumerate(tqdm(ddim.timesteps, desc="sampling", disable=not progress, leave=False)):
-            source = None
-            if inversion is not None:
-                uncond = inversion.null_embeddings[i]
-                source = inversion.source_latent(i)
-            context = torch.cat([uncond.to(cond).expand_as(cond), cond])
-            x = self.denoise_step(
-                ddim, i, t, x, context, guidance_scale, eta, generator, controller, source, y
-            )
-        return x
+        steps, guidance and schedule, so that the first prompt reconstructs the inverted image."""
+        o = sampling.Options(**options)
+        with torch.no_grad():
+            p = sampling.plan(self, prompts, o)
+        model = partial(self.predict, controller=o.controller)
+        records = denoise(model, p.ddim, p.latents, p.guidance, p.controller, p.noise, p.sources)
+        bar = tqdm(records, total=p.ddim.steps, desc="sampling", disable=not o.progress, leave=False)
+        return sampling.finite_steps(bar, p.ddim.steps, p.guidance.scale)
 
-    def micro_conditioning(self, original_size, crop, target_size, inversion) -> tuple:
-        """SDXL's size arguments, checked before any work; an error for other models, and with an inversion
-        (made with the defaults)."""
-        sizes = (
-            None if original_size is None else size_pair(original_size, "original_size"),
-            size_pair(crop, "crops_coords_top_left"),
-            None if target_size is None else size_pair(target_size, "target_size"),
-        )
-        if sizes != (None, (0, 0), None):
-            names = "original_size, crops_coords_top_left, target_size"
-            if self.config.text_2 is None:
-                raise ValueError(f"{names}: only SDXL takes them (micro-conditioning)")
-            if inversion is not None:
-                raise ValueError(
-                    f"{names}: an inversion was made with the defaults (the image's size, (0, 0)); sampling "
-                    "from it must use them too"
-                )
-        return sizes
+    @torch.no_grad()
+    def sample(self, prompts, **options) -> torch.Tensor:
+        """`steps` run to the end -> the final latents (B, C, h, w), in UNet (scaled) units."""
+        last = deque(self.steps(prompts, **options), maxlen=1)  # runs every step, keeps the last record
+        return last[0].latents
 
-    def denoise_step(
-        self, ddim, i, t, x, context, guidance_scale, eta, generator, controller, source=None, y=None
-    ) -> torch.Tensor:
-        """Step i: the controller's hooks around one UNet call on the guidance batch [x, x], then DDIM. With
-        `source` (Direct Inversion), the source branch is put there before the controller sees the step, so
-        that LocalBlend copies the exact reconstruction."""
-        if controller is not None:
-            controller.before_step(i)
-        out_uncond, out_cond = self.predict(torch.cat([x, x]), t, context, controller, y).chunk(2)
-        noise = torch.randn(x.shape, generator=generator, device=generator.device).to(x) if eta > 0 else None
-        x = ddim.step(guided(out_uncond, out_cond, guidance_scale), t, x, eta, noise)
-        if source is not None:
-            x[:1] = source.to(x)
-        if controller is not None:
-            x = controller.after_step(i, x)
-        if not torch.isfinite(x).all():
-            raise ValueError(
-                f"sampling gave NaN or infinite latents at step {i + 1} of {len(ddim.timesteps)}: the model "
-                f"overflowed (float16 does where bfloat16 and float32 do not: load with dtype=torch.float32) "
-                f"or a setting is extreme (guidance_scale={guidance_scale:g})"
-            )
-        return x
-
-    def predict(self, x, t, context, controller=None, y=None) -> torch.Tensor:
+    def predict(self, x, t, context, y=None, controller=None) -> torch.Tensor:
         """The UNet's prediction for fp32 latents x at timestep t, in fp32: the model runs in its own dtype,
         the sampler's arithmetic (guidance, the DDIM update, LocalBlend) stays in fp32 whatever that is.
         y: SDXL's added conditioning (`added_conditioning`)."""
@@ -333,13 +175,13 @@ class Pipeline:
         latents = self.vae.encode(images.to(self.device, self.vae_dtype))[0]
         return latents.float() * self.config.vae.scale_factor
 
-    def generate(self, prompts, *, output: str = "pil", **sampling):
+    def generate(self, prompts, *, output: str = "pil", **options):
         """Text to image, one image per prompt, all from the same initial noise (`sample`'s options; 50 steps
         and guidance 7.5 (SDXL: 5.0) unless given). output: "pil" (a list of PIL images), "tensor" ((B, 3, H,
         W) in [-1, 1]) or "latent" (UNet-space latents, before the VAE)."""
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
-        x = self.sample(prompts, **sampling)
+        x = self.sample(prompts, **options)
         if output == "latent":
             return x
         images = self.decode(x)

@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import defaults
-from .checks import DTYPES, check_device, finite, seed, whole
+from .checks import DTYPES, check_device, check_finite, check_seed, check_whole
 from .ddim import TRAIN_STEPS
 from .files import atomic_write
 from .metrics import CLIP_METRICS, SHAPES_METRICS, check_clip, kept, parse_keep
@@ -93,9 +93,9 @@ def line_items(d, n: int, tokenizer) -> list:
     seeds = d.get("seeds", [d.get("seed", defaults.SEED)])
     if not isinstance(seeds, list) or not seeds:
         raise ValueError(f'"seeds" must be a non-empty list of seeds, not {seeds!r}')
-    seeds = [seed(s) for s in seeds]
-    steps = whole(d.get("steps", defaults.STEPS), "steps", 1, TRAIN_STEPS)
-    guidance = finite(d.get("guidance_scale", defaults.GUIDANCE_SCALE), "guidance_scale")
+    seeds = [check_seed(s) for s in seeds]
+    steps = check_whole(d.get("steps", defaults.STEPS), "steps", 1, TRAIN_STEPS)
+    guidance = check_finite(d.get("guidance_scale", defaults.GUIDANCE_SCALE), "guidance_scale")
     cross = grid(d.get("cross_replace_steps", defaults.CROSS_REPLACE_STEPS), "cross_replace_steps")
     self_ = grid(d.get("self_replace_steps", defaults.SELF_REPLACE_STEPS), "self_replace_steps")
     reweight, blend = d.get("reweight"), d.get("blend")
@@ -256,7 +256,7 @@ def sweep(
     None: the CPU, or on a Ray cluster with GPUs, one GPU per worker. An edit that fails (a setting the model
     cannot take) gets a record with its "error", and the sweep goes on."""
     out = check_folder(out)
-    workers, threads = whole(workers, "workers", 1, 1024), whole(threads, "threads", 1, 1024)
+    workers, threads = check_whole(workers, "workers", 1, 1024), check_whole(threads, "threads", 1, 1024)
     for name, d in (("dtype", dtype), ("vae_dtype", vae_dtype)):
         if d is not None and d not in DTYPES:  # by name: the options are written to sweep.json
             raise ValueError(f"{name} {d!r}: use {', '.join(DTYPES)}")

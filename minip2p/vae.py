@@ -27,7 +27,8 @@ class VAEConfig:
     upcast: bool = False  # activations pass float16's 65504 (SDXL's VAE): it runs in fp32 under a fp16 model
 
     @property
-    def factor(self):
+    def pixels_per_cell(self) -> int:
+        """Pixels per latent cell along each side (8 for SD)."""
         return 2 ** (len(self.ch_mult) - 1)
 
 

@@ -217,7 +217,7 @@ def test_what_used_to_fail_now_works(pipe):
     assert big.shape[-1] == 40  # past 4x, asked for explicitly
     x = torch.randn(1, 4, 8, 8)
     ddim = DDIM(1000, 1)  # the 1000-step schedule starts at t = 1000, one past the table
-    assert torch.isfinite(ddim.step(torch.randn_like(x), ddim.timesteps[0], x)).all()
+    assert torch.isfinite(ddim.step(torch.randn_like(x), ddim.timesteps[0], x)[0]).all()
     a = pipe.sample(["a red circle"], steps=1, seed=2**32 - 1, progress=False)
     b = pipe.sample(["a red circle"], steps=1, seed=0, progress=False)
     assert not torch.equal(a, b)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from minip2p import LocalBlend
 from minip2p.align import MAX_TOKENS, equalizer, refinement_mapper, replacement_mapper, word_token_indices
-from minip2p.checks import finite, in_range, seed, whole
+from minip2p.checks import check_finite, check_range, check_seed, check_whole
 from minip2p.p2p import check_window
 
 SETTINGS = settings(
@@ -72,14 +72,14 @@ def test_equalizer(tokenizer, prompt, word, scale):
 
 @given(value=anything)
 def test_number_checks(value):
-    got = refused_in_one_line(finite, value, "x")
+    got = refused_in_one_line(check_finite, value, "x")
     if got is not None:
         assert math.isfinite(got) and not isinstance(value, (bool, str))
-    got = refused_in_one_line(in_range, value, "x", 0.0, 1.0)
+    got = refused_in_one_line(check_range, value, "x", 0.0, 1.0)
     assert got is None or 0 <= got <= 1
-    got = refused_in_one_line(whole, value, "x", 1, 1000)
+    got = refused_in_one_line(check_whole, value, "x", 1, 1000)
     assert got is None or (isinstance(got, int) and 1 <= got <= 1000)
-    got = refused_in_one_line(seed, value)
+    got = refused_in_one_line(check_seed, value)
     assert got is None or 0 <= got < 2**32
 
 

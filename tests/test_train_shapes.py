@@ -52,7 +52,7 @@ def test_train_resume_export_load(tmp_path):
     keys = load_file(str(a / "model.safetensors")).keys()
     assert {k.split(".")[0] for k in keys} == {"model", "first_stage_model", "cond_stage_model"}
     pipe = minip2p.load(a / "model.safetensors")
-    assert pipe.config.image_size == 64 and pipe.factor == 4 and pipe.config.vae.scale_factor != 1.0
+    assert pipe.config.image_size == 64 and pipe.pixels_per_cell == 4 and pipe.config.vae.scale_factor != 1.0
     ema = torch.load(a / "unet.pt", weights_only=True)[
         "ema_unet"
     ]  # what export writes: the EMA weights, fp16
