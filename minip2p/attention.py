@@ -22,8 +22,12 @@ class Place:
     key: str  # checkpoint key of the attention module, e.g. "input_blocks.1.1.transformer_blocks.0.attn2"
     where: str  # "down", "mid" or "up"
     is_cross: bool  # True for cross-attention (attn2, keys are text tokens), False for self-attention
-    factor: int  # downsampling factor of the latent at this place (1, 2, 4, 8)
+    downsample: int  # the latent is this many times larger per side than the map here (1, 2, 4, 8)
     heads: int  # number of attention heads: the map's first axis is batch * heads
+
+    def tokens(self, latent_hw: tuple) -> int:
+        """The number of image tokens (queries) at this place for a latent of (h, w)."""
+        return (latent_hw[0] // self.downsample) * (latent_hw[1] // self.downsample)
 
 
 class Controller:

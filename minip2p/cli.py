@@ -150,7 +150,7 @@ def cmd_attention(args):
     out = check_out(args.out)
     pipe = load_model(args)
     latent = pipe.config.image_size // pipe.pixels_per_cell
-    sizes = sorted({latent // p.factor for p in pipe.unet.places() if p.is_cross})
+    sizes = sorted({latent // p.downsample for p in pipe.unet.places() if p.is_cross})
     res = sizes[-1] if args.res is None else args.res  # the finest maps by default
     if res not in sizes:
         raise ValueError(f"--res {res}: this model's cross-attention maps are {sizes} cells wide")

@@ -14,13 +14,14 @@ SEED = 0  # the command line's seed (the API draws one at random when seed is No
 # Prompt-to-Prompt edits
 CROSS_REPLACE_STEPS = 0.8  # fraction of the steps a target takes the source's cross-attention
 SELF_REPLACE_STEPS = 0.4  # fraction of the steps a target takes the source's self-attention
-SELF_MAX_FRACTION = 0.25  # self-attention replaced at maps up to this fraction of the latent (16x16 of 64x64)
-MIN_MAP_SIZE = 8  # neither the self-attention cap nor LocalBlend goes to maps coarser than this
+SELF_MAX_FRACTION = 0.25  # self-attention replaced at maps up to this fraction of the latent per side...
+SELF_MIN_TOKENS = 16**2  # ...and at every map of at most 16x16 queries (the official code's absolute rule)
 
 # LocalBlend
 BLEND_THRESHOLD = 0.3  # a cell is in the region where the words' attention exceeds this share of its maximum
 START_BLEND = 0.2  # blend from this fraction of the steps on (the null-text notebook; the SD notebook: 0)
-BLEND_RES_FRACTION = 0.25  # the maps the mask is read from, as a fraction of the latent size
+BLEND_RES_FRACTION = 0.25  # the maps the mask is read from, as a fraction of the latent size...
+MIN_MAP_SIZE = 8  # ...but never maps coarser than 8x8 (a 16x16 latent's 1/4 would be 4x4)
 
 # after an inversion, the inverted noise is far from Gaussian: keeping the source's self-attention longer and
 # at every size holds the structure (docs/RESULTS.md, "Real images")

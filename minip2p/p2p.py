@@ -15,10 +15,10 @@ import math
 import torch
 
 from . import defaults
-from .align import MAX_TOKENS, clean, equalizer, refinement_mapper, replacement_mapper, word_token_indices
+from .align import MAX_TOKENS, equalizer, refinement_mapper, replacement_mapper, word_token_indices
 from .attention import Controller, Place, conditional_half
-from .blend import LocalBlend, map_factor
-from .checks import check_range, short
+from .blend import LocalBlend
+from .checks import check_range
 from .store import AttentionStore
 
 
@@ -41,6 +41,14 @@ def step_window(window: tuple, rows: int) -> tuple:
     official code's tables: steps rows for self-attention, steps + 1 for cross-attention (so that at 50 steps
     a cross window of 0.51 ends after step 26, not 25)."""
     return int(window[0] * rows), int(window[1] * rows)
+
+
+def self_max_tokens(fraction: float, latent_hw: tuple) -> int:
+    """The largest self-attention map (in queries) an edit replaces: `fraction` of the latent per side, and
+    at least the official code's 16x16 (so all of a 16x16 latent, 16x16 of SD's 64x64, 32x32 of SDXL's
+    128x128 at the default 1/4)."""
+    h, w = (max(1, round(fraction * s)) for s in latent_hw)
+    return max(h * w, defaults.SELF_MIN_TOKENS)
 
 
 def cross_windows(prompts, tokenizer, cross_replace_steps) -> list:
@@ -101,7 +109,7 @@ class Edit(Controller):
         if local_blend is not None:
             local_blend.bind(self.prompts, tokenizer)
         self.prepare()
-        self.step = 0
+        self.step, self.blend_maps = 0, []
 
     def prepare(self):
         """Token maps of the edit, computed once (on the CPU) when the edit is made."""
@@ -109,7 +117,8 @@ class Edit(Controller):
     def start(self, steps, latent_hw, device=None):
         self.alphas = cross_alphas(self.cross_windows, len(self.prompts) - 1, steps)
         self.self_steps = step_window(self.self_window, steps)
-        self.self_min_factor = map_factor(self.self_max_fraction, latent_hw[0])  # 16x16 of a 64x64 latent: 4
+        self.self_max_tokens = self_max_tokens(self.self_max_fraction, latent_hw)
+        self.latent_hw = tuple(latent_hw)
         self.to(device)
         if self.local_blend is not None:
             self.local_blend.start(steps, latent_hw, device)
@@ -127,7 +136,7 @@ class Edit(Controller):
     def replaces_self(self, place: Place) -> bool:
         return (
             not place.is_cross
-            and place.factor >= self.self_min_factor
+            and place.tokens(self.latent_hw) <= self.self_max_tokens
             and self.self_steps[0] <= self.step < self.self_steps[1]
         )
 
@@ -148,7 +157,7 @@ class Edit(Controller):
             cond[1:] = base.expand_as(target)
         # the maps actually used are the ones stored and blended on (as in the official code)
         if self.local_blend is not None and self.local_blend.reads(place):
-            self.local_blend.observe(cond, place)
+            self.blend_maps.append(cond.mean(1))
         if self.store is not None:
             self.store(attn, place)
         return attn
@@ -156,7 +165,18 @@ class Edit(Controller):
     def after_step(self, i, latents):
         if self.store is not None:
             self.store.after_step(i, latents)
-        return self.local_blend.blend(i, latents) if self.local_blend is not None else latents
+        if self.local_blend is None:
+            return latents
+        blend = self.local_blend
+        if i == 0 and not self.blend_maps and blend.user_mask is None:  # else it would silently not blend
+            h, w = (s // blend.downsample for s in blend.latent_hw)
+            raise ValueError(
+                f"LocalBlend reads the {h}x{w} cross-attention maps (res_fraction {blend.res_fraction:g} of "
+                "the latent), and this model has none of that size: give another res_fraction or a larger "
+                "image"
+            )
+        latents, self.blend_maps = blend(i, self.blend_maps, latents), []
+        return latents
 
 
 class Replace(Edit):
@@ -189,9 +209,11 @@ class Refine(Edit):
 class Reweight(Edit):
     """Scale a word's attention. `scales`: {word: scale} (words of the target prompts), or a (77,) or (P-1,
     77) tensor of per-token scales. With `base=` another edit (Replace or Refine), its result is re-weighted:
-    edits chain."""
+    edits chain, and the Reweight keeps that edit's LocalBlend unless given its own."""
 
     def __init__(self, prompts, tokenizer, scales, base: Edit | None = None, **settings):
+        if base is not None and settings.get("local_blend") is None:
+            settings["local_blend"] = base.local_blend  # a chained edit keeps its LocalBlend
         if isinstance(scales, dict):
             scales = torch.stack(
                 [equalizer(p, list(scales), list(scales.values()), tokenizer) for p in prompts[1:]]
@@ -225,18 +247,6 @@ def default_edit_kind(source: str, target: str, reweight: dict | None = None) ->
     return "replace" if len(source.split()) == len(target.split()) else "refine"
 
 
-def blend_words(words, prompts) -> list:
-    """LocalBlend words given once for both prompts -> the words of each prompt (none for a prompt that has
-    none of them: its region is then the other prompt's); an error names words in neither prompt."""
-    if isinstance(words, str) or not all(isinstance(w, str) for w in words):
-        raise ValueError(f"blend takes a list of words, not {words!r}")
-    per_prompt = [[w for w in words if clean(w) in map(clean, p.split())] for p in prompts]
-    missing = [w for w in words if not any(w in ws for ws in per_prompt)]
-    if missing:
-        raise ValueError(f"blend word(s) {missing} are in neither prompt: {[short(p) for p in prompts]}")
-    return per_prompt
-
-
 def make_edit(
     source: str,
     target: str,
@@ -258,7 +268,7 @@ def make_edit(
     if kind == "reweight" and not reweight:
         raise ValueError("kind='reweight' needs reweight={word: scale}")
     prompts = [source, target]
-    local_blend = LocalBlend(blend_words(blend, prompts)) if blend else None
+    local_blend = LocalBlend(blend) if blend else None
     settings = dict(
         cross_replace_steps=cross_replace_steps,
         self_replace_steps=self_replace_steps,

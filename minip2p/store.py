@@ -13,18 +13,15 @@ class AttentionStore(Controller):
     copies.
 
     self_max_tokens: self-attention maps are kept only up to this many queries (a 64x64 map is 4096^2 floats);
-    factors: keep only places at these downsampling factors (None: all); per_step / per_head: keep every
+    downsamples: keep only places whose maps are this many times smaller than the latent (None: all);
+    per_step / per_head: keep every
     step's maps / every head, for research."""
 
     def __init__(
-        self, self_max_tokens=defaults.STORE_SELF_MAX_TOKENS, factors=None, per_step=False, per_head=False
+        self, self_max_tokens=defaults.STORE_SELF_MAX_TOKENS, downsamples=None, per_step=False, per_head=False
     ):
-        self.self_max_tokens, self.factors, self.per_step, self.per_head = (
-            self_max_tokens,
-            factors,
-            per_step,
-            per_head,
-        )
+        self.self_max_tokens, self.downsamples = self_max_tokens, downsamples
+        self.per_step, self.per_head = per_step, per_head
         self.start(0, (0, 0))
 
     def start(self, steps, latent_hw, device=None):
@@ -32,10 +29,9 @@ class AttentionStore(Controller):
         self.history, self.current = [], {}
 
     def wants(self, place: Place) -> bool:
-        if self.factors is not None and place.factor not in self.factors:
+        if self.downsamples is not None and place.downsample not in self.downsamples:
             return False
-        h, w = self.latent_hw
-        return place.is_cross or (h // place.factor) * (w // place.factor) <= self.self_max_tokens
+        return place.is_cross or place.tokens(self.latent_hw) <= self.self_max_tokens
 
     def __call__(self, attn, place):
         if self.wants(place):
@@ -57,7 +53,8 @@ class AttentionStore(Controller):
 
     def resolutions(self, is_cross: bool = True) -> list:
         """The map sizes (latent cells per side) stored, coarse to fine."""
-        return sorted({self.latent_hw[0] // p.factor for p in self.places.values() if p.is_cross == is_cross})
+        h = self.latent_hw[0]
+        return sorted({h // p.downsample for p in self.places.values() if p.is_cross == is_cross})
 
     def keys(self, res=None, places=("down", "mid", "up"), is_cross=True) -> list:
         """Stored place keys whose map height is res (latent cells), in the given UNet parts."""
@@ -65,7 +62,7 @@ class AttentionStore(Controller):
         return [
             k
             for k, p in self.places.items()
-            if p.is_cross == is_cross and p.where in places and (res is None or h // p.factor == res)
+            if p.is_cross == is_cross and p.where in places and (res is None or h // p.downsample == res)
         ]
 
     def aggregate(self, res: int, places=("down", "mid", "up"), is_cross: bool = True) -> torch.Tensor:
@@ -77,8 +74,8 @@ class AttentionStore(Controller):
                 f"no stored {kind}-attention maps at resolution {res} in {places}; "
                 f"stored resolutions: {self.resolutions(is_cross)}"
             )
-        f = self.places[keys[0]].factor
-        h, w = self.latent_hw[0] // f, self.latent_hw[1] // f
+        d = self.places[keys[0]].downsample
+        h, w = self.latent_hw[0] // d, self.latent_hw[1] // d
         maps = torch.stack([self.mean(k).mean(1) if self.per_head else self.mean(k) for k in keys]).mean(0)
         return maps.reshape(maps.shape[0], h, w, maps.shape[-1])
 

@@ -3,7 +3,7 @@
 `UNet(UNetConfig.sd1())` loads `model.diffusion_model.*` of a v1 checkpoint with
 `load_state_dict(strict=True)` after stripping that prefix (`UNetConfig.sdxl()`: of an SDXL base checkpoint).
 Every attention goes through `minip2p.attention.attention`, each with a fixed `Place` (its key, down/mid/up,
-cross or self, downsampling factor), so a controller knows where it is.
+cross or self, how much smaller than the latent), so a controller knows where it is.
 """
 
 from dataclasses import dataclass
@@ -133,9 +133,9 @@ class BasicTransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    def __init__(self, ch, heads, cfg: UNetConfig, factor, depth):
+    def __init__(self, ch, heads, cfg: UNetConfig, downsample, depth):
         super().__init__()
-        self.linear, self.factor = cfg.use_linear_proj, factor
+        self.linear, self.downsample = cfg.use_linear_proj, downsample
         self.norm = GroupNorm(cfg.norm_groups, ch, eps=1e-6)
         self.proj_in = nn.Linear(ch, ch) if self.linear else nn.Conv2d(ch, ch, 1)
         self.transformer_blocks = nn.ModuleList(
@@ -197,28 +197,28 @@ class UNet(nn.Module):
                 nn.Sequential(nn.Linear(adm, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
             )
 
-        def transformer(ch, factor, level):
-            return SpatialTransformer(ch, cfg.heads(ch), cfg, factor, cfg.depth(level))
+        def transformer(ch, down, level):
+            return SpatialTransformer(ch, cfg.heads(ch), cfg, down, cfg.depth(level))
 
         self.input_blocks = nn.ModuleList([Block(nn.Conv2d(cfg.in_channels, width, 3, padding=1))])
-        skip_chs, ch, factor = [width], width, 1  # factor: how much smaller than the latent this level is
+        skip_chs, ch, down = [width], width, 1  # down: how much smaller than the latent this level is
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
                 layers = [ResBlock(ch, emb_ch, mult * width, groups)]
                 ch = mult * width
-                if factor in cfg.attention_resolutions:
-                    layers.append(transformer(ch, factor, level))
+                if down in cfg.attention_resolutions:
+                    layers.append(transformer(ch, down, level))
                 self.input_blocks.append(Block(*layers))
                 skip_chs.append(ch)
             if level != len(cfg.channel_mult) - 1:
                 self.input_blocks.append(Block(Downsample(ch)))
                 skip_chs.append(ch)
-                factor *= 2
+                down *= 2
 
         last = len(cfg.channel_mult) - 1
         mid = [
             ResBlock(ch, emb_ch, ch, groups),
-            transformer(ch, factor, last),
+            transformer(ch, down, last),
             ResBlock(ch, emb_ch, ch, groups),
         ]
         self.middle_block = Block(*mid)
@@ -228,11 +228,11 @@ class UNet(nn.Module):
             for i in range(cfg.num_res_blocks + 1):
                 layers = [ResBlock(ch + skip_chs.pop(), emb_ch, mult * width, groups)]
                 ch = mult * width
-                if factor in cfg.attention_resolutions:
-                    layers.append(transformer(ch, factor, level))
+                if down in cfg.attention_resolutions:
+                    layers.append(transformer(ch, down, level))
                 if level and i == cfg.num_res_blocks:
                     layers.append(Upsample(ch))
-                    factor //= 2
+                    down //= 2
                 self.output_blocks.append(Block(*layers))
 
         self.out = nn.Sequential(
@@ -247,7 +247,7 @@ class UNet(nn.Module):
                         attn = getattr(block, attn_name)
                         key = f"{name}.transformer_blocks.{i}.{attn_name}"
                         attn.place = Place(
-                            key, where[name.split(".")[0]], attn.is_cross, m.factor, attn.heads
+                            key, where[name.split(".")[0]], attn.is_cross, m.downsample, attn.heads
                         )
 
     def places(self):

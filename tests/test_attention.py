@@ -54,7 +54,7 @@ def test_unet_places_and_the_hook():
     assert [p.where for p in places].count("mid") == 2
     assert places[0].key == "input_blocks.1.1.transformer_blocks.0.attn1" and not places[0].is_cross
     assert places[1].key == "input_blocks.1.1.transformer_blocks.0.attn2" and places[1].is_cross
-    assert {p.factor for p in places} == {1, 2, 4, 8} and places[0].heads == 4
+    assert {p.downsample for p in places} == {1, 2, 4, 8} and places[0].heads == 4
     rec = Recorder()
     x, ctx = torch.randn(2, 4, 16, 16), torch.randn(2, 77, 16)
     with torch.no_grad():

@@ -240,7 +240,7 @@ def test_what_used_to_fail_now_works(pipe):
         (lambda t: Replace(P, t, cross_replace_steps=float("nan")), "cross_replace_steps must be a fraction"),
         (lambda t: Replace(P, t, self_max_fraction="all"), "self_max_fraction must be a finite number"),
         (lambda t: Reweight(P, t, {"blue": float("inf")}), "Reweight scales must be finite"),
-        (lambda t: minip2p.make_edit(*P, t, blend="circle"), "blend takes a list of words"),
+        (lambda t: minip2p.make_edit(*P, t, blend=[1]), "takes a word or a list of words"),
     ],
 )
 def test_edit_settings(tokenizer, make, message):

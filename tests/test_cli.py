@@ -131,14 +131,17 @@ def test_edit_a_real_image(small_ckpt, tmp_path, cli):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--blend", "dog"], "error: blend word(s) ['dog'] are in neither prompt"),
+        (
+            ["--blend", "dog"],
+            "error: LocalBlend: blend word 'dog' is in none of the prompts ('a red circle', 'a blue circle')",
+        ),
         (["--reweight", "red"], "error: --reweight 'red': write WORD=SCALE"),
         (["--self-size", "0"], "self_max_fraction"),
         (["--device", "gpu"], "error: device 'gpu' is not a device name"),
         (["--out", "edit.txt"], "error: edit.txt: give a file name ending in .png"),
         (["--weights", "missing.safetensors"], "error: checkpoint not found: missing.safetensors"),
         # the edit's words are checked before the (slow) inversion of --image: here before the image is read
-        (["--image", "missing.png", "--blend", "dog"], "error: blend word(s) ['dog']"),
+        (["--image", "missing.png", "--blend", "dog"], "error: LocalBlend: blend word 'dog'"),
         (["--to", "cat " * 80], "error: prompt has 82 tokens, more than the 77"),
     ],
 )

@@ -6,8 +6,8 @@ import torch
 
 from minip2p import AttentionStore, LocalBlend, Refine, Replace, Reweight, defaults, make_edit
 from minip2p.attention import Place
-from minip2p.blend import map_factor
-from minip2p.p2p import blend_words, check_window, cross_alphas, cross_windows, default_edit_kind, step_window
+from minip2p.blend import blend_downsample
+from minip2p.p2p import check_window, cross_alphas, cross_windows, default_edit_kind, step_window
 
 P = ["a red circle on a white background", "a blue square on a white background"]
 
@@ -51,10 +51,10 @@ def test_step_windows_are_the_official_ones(tokenizer, steps):
 def test_bad_edits_fail_before_any_work(tokenizer):
     with pytest.raises(ValueError, match="same number of words"):
         Replace([P[0], "a blue square"], tokenizer)
-    with pytest.raises(ValueError, match="'dog' is not a word"):
+    with pytest.raises(ValueError, match="blend word 'dog' is in none of the prompts"):
         Replace(P, tokenizer, local_blend=LocalBlend(["dog", "square"]))
-    with pytest.raises(ValueError, match="one word .* per prompt"):
-        Refine(P, tokenizer, local_blend=LocalBlend(["circle"]))
+    with pytest.raises(ValueError, match="takes a word or a list of words"):
+        LocalBlend([["circle"], ["square"]])  # words are given once for all prompts, not one entry per prompt
     with pytest.raises(ValueError, match="77 entries"):
         Reweight(P, tokenizer, torch.ones(10))
     with pytest.raises(ValueError, match="must be finite"):
@@ -82,39 +82,51 @@ def bound_blend(tokenizer, latent_hw, **options):
     return lb
 
 
+def blended_mask(lb, maps, step=5):
+    """The target's mask, read off a blend of latents 0 (source) and 1 (target) with these maps."""
+    p, h, w, tokens = maps.shape
+    x = torch.stack([torch.zeros(4, *lb.latent_hw), torch.ones(4, *lb.latent_hw)])
+    out = lb(step, [maps.reshape(p, h * w, tokens)], x)
+    assert torch.equal(out[0], x[0]) and ((out[1] == 0) | (out[1] == 1)).all()  # the source runs free
+    return out[1, 0]
+
+
 def test_local_blend_mask_from_synthetic_maps(tokenizer):
-    lb = bound_blend(tokenizer, (16, 16), threshold=0.3)
-    maps = torch.zeros(2, 4, 4, 77)
+    lb = bound_blend(tokenizer, (32, 32), threshold=0.3)  # 8x8 maps (1/4 of the latent)
+    maps = torch.zeros(2, 8, 8, 77)
     maps[0, 0, 0, 3] = 1.0  # source: "circle" attends to cell (0, 0)
-    maps[1, 3, 3, 3] = 1.0  # target: "square" (token 3 too) attends to cell (3, 3)
-    maps[1, 0, 3, 5] = 1.0  # another word: ignored
-    lb.sum = maps
-    mask = lb.mask(torch.float32)
-    assert mask.shape == (2, 1, 16, 16)
-    assert mask[0, 0].sum() == 64 and mask[0, 0, :8, :8].all()  # pooled to 2x2 cells, 4x upsampled
-    assert mask[1, 0, :8, :8].all() and mask[1, 0, 8:, 8:].all()  # the target's and the source's
-    assert mask[1, 0, :8, 8:].sum() == 0  # not the other word
+    maps[1, 7, 7, 3] = 1.0  # target: "square" (token 3 too) attends to cell (7, 7)
+    maps[1, 0, 7, 5] = 1.0  # another word: ignored
+    mask = blended_mask(lb, maps)
+    assert mask.shape == (32, 32)
+    assert mask[:8, :8].all() and mask[24:, 24:].all()  # pooled to 2x2 cells, 4x upsampled: both regions
+    assert mask.sum() == 2 * 64 and mask[:8, 24:].sum() == 0  # not the other word
 
 
 def test_local_blend_subtract(tokenizer):
-    lb = LocalBlend(["circle", "square"], subtract=["background", "background"])
+    lb = LocalBlend(["circle", "square"], subtract="background")
     lb.bind(P, tokenizer)
     lb.start(10, (4, 4))
     maps = torch.zeros(2, 4, 4, 77)
     maps[:, :, :, 3] = 1.0
     maps[:, 0, 0, 7] = 1.0
-    lb.sum = maps
-    mask = lb.mask(torch.float32)
-    assert mask[:, 0, 0, 0].eq(0).all() and mask.sum() == 2 * 15
+    mask = blended_mask(lb, maps)
+    assert mask[0, 0] == 0 and mask.sum() == 15
 
 
-def test_blend_words_are_looked_up_in_both_prompts():
+def test_blend_words_are_looked_up_in_every_prompt(tokenizer):
     prompts = ["a red circle", "a red square"]
-    assert blend_words(["circle", "square"], prompts) == [["circle"], ["square"]]
-    assert blend_words(["Red,"], prompts) == [["Red,"], ["Red,"]]
-    assert blend_words(["circle"], prompts) == [["circle"], []]  # none in the target: the source's region
-    with pytest.raises(ValueError, match=r"blend word\(s\) \['dog'\] are in neither prompt"):
-        blend_words(["circle", "dog"], prompts)
+
+    def tokens(words):
+        lb = LocalBlend(words)
+        lb.bind(prompts, tokenizer)
+        return [row.nonzero().flatten().tolist() for row in lb.alpha]
+
+    assert tokens(["circle", "square"]) == [[3], [3]]
+    assert tokens("Red,") == [[2], [2]]
+    assert tokens(["circle"]) == [[3], []]  # none in the target: it blends on the source's region
+    with pytest.raises(ValueError, match=r"blend word 'dog' is in none of the prompts"):
+        tokens(["circle", "dog"])
 
 
 def test_default_edit_kind():
@@ -216,15 +228,21 @@ def test_explicit_path_only_where_needed(tokenizer):
 
 
 def test_map_resolution_follows_the_latent_but_stays_at_least_8x8(tokenizer):
-    assert map_factor(0.25, 64) == 4 and map_factor(0.25, 96) == 4 and map_factor(0.25, 32) == 4  # 16, 24, 8
-    assert map_factor(0.25, 16) == 2 and map_factor(0.25, 8) == 1  # the shapes model: 8x8, not 4x4
-    self8 = Place("input_blocks.4.1.transformer_blocks.0.attn1", "down", False, 2, 4)
-    self16 = Place("input_blocks.1.1.transformer_blocks.0.attn1", "down", False, 1, 4)
-    for fraction, wanted in ((defaults.SELF_MAX_FRACTION, [True, False]), (1.0, [True, True])):
+    assert blend_downsample(0.25, 64) == 4 and blend_downsample(0.25, 96) == 4  # 16x16, 24x24
+    assert blend_downsample(0.25, 32) == 4 and blend_downsample(0.25, 16) == 2  # 8x8, and 8x8 not 4x4
+    assert blend_downsample(0.25, 8) == 1
+    # the self-attention cap: 1/4 of the latent per side, and at least the official 16x16 maps
+    places = [Place(f"p{d}.attn1", "down", False, d, 4) for d in (1, 2, 4)]
+    for latent, fraction, wanted in (
+        (16, defaults.SELF_MAX_FRACTION, [True, True, True]),  # the bundled model: every map is <= 16x16
+        (64, defaults.SELF_MAX_FRACTION, [False, False, True]),  # SD: 16x16 of 64x64
+        (128, defaults.SELF_MAX_FRACTION, [False, False, True]),  # SDXL: 32x32 of 128x128
+        (64, 1.0, [True, True, True]),
+    ):
         e = Replace(P, tokenizer, self_max_fraction=fraction)
-        e.start(10, (16, 16))
+        e.start(10, (latent, latent))
         e.before_step(0)
-        assert [e.wants(self8), e.wants(self16)] == wanted
+        assert [e.wants(p) for p in places] == wanted, (latent, fraction)
     lb = bound_blend(tokenizer, (16, 16))
     assert lb.reads(Place("input_blocks.4.1.transformer_blocks.0.attn2", "down", True, 2, 4))
 
@@ -259,5 +277,5 @@ def test_local_blend_starts_at_start_blend(tokenizer):
     lb.bind(P, tokenizer)
     lb.start(10, (4, 4))
     x = torch.randn(2, 4, 4, 4)
-    assert torch.equal(lb.blend(1, x), x)
-    assert torch.equal(lb.blend(2, x)[1], x[0])
+    assert torch.equal(lb(1, [], x), x)
+    assert torch.equal(lb(2, [], x)[1], x[0])

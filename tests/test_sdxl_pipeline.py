@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 import minip2p
 import minip2p_oracle as oracle
 from minip2p import AttentionStore, LocalBlend, Replace, Reweight, defaults
-from minip2p.blend import map_factor
+from minip2p.blend import blend_downsample, region
 from minip2p.checkpoint import (
     SDXL_OPENCLIP_PREFIX,
     UNET_PREFIX,
@@ -21,6 +21,7 @@ from minip2p.checkpoint import (
     infer_config,
     split_parts,
 )
+from minip2p.p2p import self_max_tokens
 from minip2p.pipeline import choose_vae_dtype
 from minip2p.text import build_text_encoder
 from minip2p.unet import UNet
@@ -179,14 +180,17 @@ def test_prompt_to_prompt_invariants_on_sdxl(sdxl_pipe):
 
 
 def test_local_blend_and_the_self_attention_cap_follow_the_latent(sdxl_pipe):
-    """1/4 of SDXL's 128x128 latent is 32x32 (factor 4, SDXL's second level, where the SDXL port reads its
-    maps); on the narrow model's 16x16 latent it is the 8x8 maps (factor 2): maps that exist in both."""
-    assert map_factor(defaults.BLEND_RES_FRACTION, 128) == 4 == map_factor(defaults.SELF_MAX_FRACTION, 128)
+    """1/4 of SDXL's 128x128 latent is 32x32 (4x smaller, SDXL's second level, where the SDXL port reads its
+    maps); on the narrow model's 16x16 latent LocalBlend reads the 8x8 maps (2x smaller): maps that exist in
+    both. The self-attention cap is 32x32 there, and all of the 16x16 latent (the official 16x16 rule)."""
+    assert blend_downsample(defaults.BLEND_RES_FRACTION, 128) == 4
+    assert self_max_tokens(defaults.SELF_MAX_FRACTION, (128, 128)) == 32**2
+    assert self_max_tokens(defaults.SELF_MAX_FRACTION, (16, 16)) == 16**2
     blend = LocalBlend(["circle", "square"], threshold=0.9)  # random weights: a high bar keeps some out
     edit = Replace(P, sdxl_pipe.tokenizer, local_blend=blend)
     x = run(sdxl_pipe, P, edit)
-    assert blend.factor == 2 and blend.sum.shape == (2, 8, 8, 77)
-    assert 0 < blend.mask(torch.float32)[1].mean() < 1
+    assert blend.downsample == 2 and blend.sum.shape == (2, 8, 8, 77)
+    assert 0 < region(blend.sum, blend.alpha, blend.latent_hw, 0.9, pool=True)[1].float().mean() < 1
     assert (x[1] - x[0]).abs().max() > 1e-2
     with pytest.raises(ValueError, match="reads the 16x16 cross-attention maps .* this model has none"):
         run(

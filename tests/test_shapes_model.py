@@ -34,7 +34,7 @@ def test_load_with_no_path_is_the_bundled_model(shapes_pipe):
     assert shapes_pipe.config.image_size == 64 and shapes_pipe.pixels_per_cell == 4  # 16x16x4 latents
     assert shapes_pipe.dtype == torch.float32  # stored fp16, run fp32
     places = shapes_pipe.unet.places()
-    assert {(p.factor, p.where) for p in places if p.is_cross} >= {
+    assert {(p.downsample, p.where) for p in places if p.is_cross} >= {
         (1, "down"),
         (2, "down"),
         (4, "mid"),
