@@ -5,50 +5,37 @@ words to positions with the real CLIP tokenizer, so multi-token words ("bicycle"
 several) and punctuation ("cat," is "cat" + ",") are handled as the text encoder sees them.
 """
 
-import string
-
 import torch
 
-from .checks import short
-from .text import token_ids
+from .checks import clean
 
 MAX_TOKENS = 77
 
 
+def token_ids(tokenizer, prompt: str) -> list:
+    """A prompt -> its token ids, start and end included (checked at the edges: at most 77)."""
+    return tokenizer(prompt, verbose=False).input_ids
+
+
 def words_and_tokens(prompt, tokenizer):
     """-> (words, [token positions of each word]); position 0 is the start token."""
-    total = len(token_ids(tokenizer, prompt, MAX_TOKENS))
+    total = len(token_ids(tokenizer, prompt))
     words = prompt.split()
     positions, pos = [], 1
     for w in words:
         n = len(tokenizer(w, add_special_tokens=False).input_ids)
         positions.append(list(range(pos, pos + n)))
         pos += n
-    if pos + 1 != total:  # cannot happen with CLIP's pre-tokenizer, which never joins across spaces
-        raise ValueError(
-            f"{short(prompt)}: word-by-word tokens ({pos + 1}) differ from the prompt's ({total})"
-        )
+    assert pos + 1 == total, (prompt, pos + 1, total)  # CLIP's pre-tokenizer never joins across spaces
     return words, positions
-
-
-def clean(word):
-    return word.lower().strip(string.punctuation)
 
 
 def word_token_indices(prompt, word, tokenizer):
     """Token positions of `word` in `prompt` (every occurrence). `word` is a string (case and trailing
-    punctuation ignored: "Cat," finds "cat") or the index of a word in prompt.split()."""
+    punctuation ignored: "Cat," finds "cat") or the index of a word in prompt.split() (`checks.check_words`
+    has made sure it is there)."""
     words, positions = words_and_tokens(prompt, tokenizer)
-    if isinstance(word, int):
-        if not 0 <= word < len(words):
-            raise ValueError(f"word index {word} is outside {short(prompt)}, which has {len(words)} words")
-        found = [word]
-    else:
-        found = [i for i, w in enumerate(words) if clean(w) == clean(word)]
-        if not found:
-            raise ValueError(
-                f"{short(word)} is not a word of {short(prompt)}; its words are {[clean(w) for w in words]}"
-            )
+    found = [word] if isinstance(word, int) else [i for i, w in enumerate(words) if clean(w) == clean(word)]
     out = []
     for i in found:
         # the word's own tokens, without tokens of punctuation glued to it
@@ -66,11 +53,6 @@ def replacement_mapper(source, target, tokenizer):
     """
     src_words, src_pos = words_and_tokens(source, tokenizer)
     tgt_words, tgt_pos = words_and_tokens(target, tokenizer)
-    if len(src_words) != len(tgt_words):
-        raise ValueError(
-            f"a word swap (Replace) needs prompts with the same number of words: {short(source)} has "
-            f"{len(src_words)}, {short(target)} has {len(tgt_words)}; use Refine to add or remove words"
-        )
     mapper = torch.zeros(MAX_TOKENS, MAX_TOKENS)
     mapper[0, 0] = 1
     i = j = 1
@@ -97,7 +79,7 @@ def refinement_mapper(source, target, tokenizer):
     best alignment never pairs different tokens, so it is a longest common subsequence (earliest matches
     kept).
     """
-    x, y = token_ids(tokenizer, source, MAX_TOKENS), token_ids(tokenizer, target, MAX_TOKENS)
+    x, y = token_ids(tokenizer, source), token_ids(tokenizer, target)
     n, m = len(x), len(y)
     best = [[0] * (m + 1) for _ in range(n + 1)]
     for a in range(n - 1, -1, -1):
@@ -122,8 +104,6 @@ def equalizer(prompt, words, scales, tokenizer):
     """(77,) attention scales: `scales[k]` on the tokens of `words[k]`, 1 elsewhere (for Reweight)."""
     if isinstance(words, (str, int)):
         words, scales = [words], [scales]
-    if len(words) != len(scales):
-        raise ValueError(f"give one scale per word: {len(words)} words, {len(scales)} scales")
     eq = torch.ones(MAX_TOKENS)
     for w, s in zip(words, scales):
         eq[word_token_indices(prompt, w, tokenizer)] = float(s)

@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from . import defaults
-from .align import MAX_TOKENS, clean, word_token_indices
+from .align import MAX_TOKENS, word_token_indices
 from .attention import Place
-from .checks import check_range, short
+from .checks import check_mask, check_range, check_word_list, clean
 
 
 def blend_downsample(fraction: float, latent_h: int, min_size: int = defaults.MIN_MAP_SIZE) -> int:
@@ -19,43 +19,14 @@ def blend_downsample(fraction: float, latent_h: int, min_size: int = defaults.MI
     return down
 
 
-def check_mask(mask) -> torch.Tensor | None:
-    """A user's mask -> (h, w) float tensor with values in [0, 1] (a (1, h, w) or (1, 1, h, w) one is
-    squeezed)."""
-    if mask is None:
-        return None
-    m = torch.as_tensor(mask, dtype=torch.float32)
-    while m.dim() > 2 and m.shape[0] == 1:
-        m = m[0]
-    if m.dim() != 2 or m.numel() == 0:
-        raise ValueError(
-            f"a LocalBlend mask is a 2-D (height, width) array, not one of shape {tuple(m.shape)}"
-        )
-    if not (torch.isfinite(m).all() and m.min() >= 0 and m.max() <= 1):
-        raise ValueError("a LocalBlend mask holds values in [0, 1] (1: the edit may change this cell)")
-    return m
-
-
-def check_words(words, what: str) -> list:
-    """A word or a list of words -> a list of words (strings)."""
-    words = [words] if isinstance(words, str) else words
-    if not isinstance(words, (list, tuple)) or not words or not all(isinstance(w, str) for w in words):
-        raise ValueError(f"{what} takes a word or a list of words, not {short(words)}")
-    return list(words)
-
-
-def token_alphas(words, prompts, tokenizer, what: str) -> torch.Tensor:
+def token_alphas(words, prompts, tokenizer) -> torch.Tensor:
     """(P, 77): 1 at the tokens of every word of `words` that a prompt has. Words are given once for all the
-    prompts and looked up in each; a word in no prompt is an error."""
+    prompts and looked up in each (`checks.check_blend_words`: each is in one at least)."""
     alpha = torch.zeros(len(prompts), MAX_TOKENS)
     for w in words:
-        found = [p for p, prompt in enumerate(prompts) if clean(w) in map(clean, prompt.split())]
-        if not found:
-            raise ValueError(
-                f"{what}: blend word {short(w)} is in none of the prompts ({', '.join(map(short, prompts))})"
-            )
-        for p in found:
-            alpha[p, word_token_indices(prompts[p], w, tokenizer)] = 1
+        for p, prompt in enumerate(prompts):
+            if clean(w) in map(clean, prompt.split()):
+                alpha[p, word_token_indices(prompt, w, tokenizer)] = 1
     return alpha
 
 
@@ -89,8 +60,8 @@ class LocalBlend:
         mask=None,
         res_fraction: float = defaults.BLEND_RES_FRACTION,
     ):
-        self.words = check_words(words, "LocalBlend")
-        self.subtract = None if subtract is None else check_words(subtract, "LocalBlend subtract")
+        self.words = check_word_list(words, "LocalBlend")
+        self.subtract = None if subtract is None else check_word_list(subtract, "LocalBlend subtract")
         self.user_mask = check_mask(mask)
         self.threshold = check_range(threshold, "LocalBlend threshold", 0, 1)
         self.start_blend = check_range(start_blend, "LocalBlend start_blend", 0, 1)
@@ -99,9 +70,9 @@ class LocalBlend:
 
     def bind(self, prompts, tokenizer):
         """The tokens of each prompt the mask is read from (when the edit is made, before any sampling)."""
-        self.alpha = token_alphas(self.words, prompts, tokenizer, "LocalBlend")
+        self.alpha = token_alphas(self.words, prompts, tokenizer)
         subtract = self.subtract
-        self.sub_alpha = None if subtract is None else token_alphas(subtract, prompts, tokenizer, "subtract")
+        self.sub_alpha = None if subtract is None else token_alphas(subtract, prompts, tokenizer)
 
     def start(self, steps: int, latent_hw: tuple, device=None):
         """Before sampling: the step blending starts at, the maps read, an empty running sum of them."""

@@ -6,6 +6,7 @@ scale would otherwise come out as a black picture, a huge size as an out-of-memo
 
 import math
 import numbers
+import string
 
 import torch
 
@@ -119,3 +120,68 @@ def check_image_size(cfg, height, width, max_size: int | None = None) -> tuple:
                 f"max_size={v} (--max-size {v}) to go past it"
             )
     return height, width
+
+
+def clean(word: str) -> str:
+    """A word as prompts are matched on: lower case, without surrounding punctuation ("Cat," is "cat")."""
+    return word.lower().strip(string.punctuation)
+
+
+def check_prompt_tokens(tokenizer, prompt: str, max_length: int = 77) -> list:
+    """A prompt's token ids (start and end included), or an error past max_length: not a silent cut (and
+    not transformers' warning first: verbose=False)."""
+    ids = tokenizer(prompt, verbose=False).input_ids
+    if len(ids) > max_length:
+        raise ValueError(
+            f"prompt has {len(ids)} tokens, more than the {max_length} the text encoder takes "
+            f"(start and end included); shorten it: {short(prompt)}"
+        )
+    return ids
+
+
+def check_words(prompt: str, words) -> None:
+    """Every word (a string, or the index of a word in prompt.split()) is a word of `prompt`."""
+    own = prompt.split()
+    for word in [words] if isinstance(words, (str, int)) else words:
+        if isinstance(word, bool) or not isinstance(word, (str, int)):
+            raise ValueError(f"a word is a string or the index of a word in the prompt, not {short(word)}")
+        if isinstance(word, int) and not 0 <= word < len(own):
+            raise ValueError(f"word index {word} is outside {short(prompt)}, which has {len(own)} words")
+        if isinstance(word, str) and clean(word) not in map(clean, own):
+            raise ValueError(
+                f"{short(word)} is not a word of {short(prompt)}; its words are {[clean(w) for w in own]}"
+            )
+
+
+def check_mask(mask) -> torch.Tensor | None:
+    """A user's mask -> (h, w) float tensor with values in [0, 1] (a (1, h, w) or (1, 1, h, w) one is
+    squeezed)."""
+    if mask is None:
+        return None
+    m = torch.as_tensor(mask, dtype=torch.float32)
+    while m.dim() > 2 and m.shape[0] == 1:
+        m = m[0]
+    if m.dim() != 2 or m.numel() == 0:
+        raise ValueError(
+            f"a LocalBlend mask is a 2-D (height, width) array, not one of shape {tuple(m.shape)}"
+        )
+    if not (torch.isfinite(m).all() and m.min() >= 0 and m.max() <= 1):
+        raise ValueError("a LocalBlend mask holds values in [0, 1] (1: the edit may change this cell)")
+    return m
+
+
+def check_word_list(words, what: str) -> list:
+    """A word or a list of words -> a list of words (strings)."""
+    words = [words] if isinstance(words, str) else words
+    if not isinstance(words, (list, tuple)) or not words or not all(isinstance(w, str) for w in words):
+        raise ValueError(f"{what} takes a word or a list of words, not {short(words)}")
+    return list(words)
+
+
+def check_blend_words(words, prompts, what: str = "LocalBlend") -> None:
+    """Every blend word is a word of one prompt at least (a prompt without it blends on the others')."""
+    for w in words:
+        if not any(clean(w) in map(clean, p.split()) for p in prompts):
+            raise ValueError(
+                f"{what}: blend word {short(w)} is in none of the prompts ({', '.join(map(short, prompts))})"
+            )

@@ -68,7 +68,7 @@ class ModelConfig:
             d = json.loads(s)
             parts = {}
             for name, part in PARTS.items():
-                given = d.pop(name, None) if name == "text_2" else d.pop(name)  # not in older files
+                given = d.pop(name)
                 if given is None and name == "text_2":
                     parts[name] = None
                     continue
@@ -144,8 +144,8 @@ def check_config(cfg: ModelConfig, where) -> ModelConfig:
         for name, (low, high) in limits.items():
             value = getattr(sub, name)
             optional = (part.removesuffix("_2"), name) in OPTIONAL
-            if optional and value in (None, 0):
-                continue  # head_dim: num_heads heads (0: configs written before None meant it)
+            if optional and value is None:
+                continue  # head_dim: num_heads heads
             if part == "unet" and name == "transformer_depth" and isinstance(value, tuple):
                 if not isinstance(sub.channel_mult, tuple) or len(value) != len(sub.channel_mult):
                     fail(f"unet.transformer_depth {value} must give one depth per level of channel_mult")
@@ -170,7 +170,7 @@ def check_config(cfg: ModelConfig, where) -> ModelConfig:
     if any(w % g for w, g in zip(widths, groups)):
         fail(f"every width {widths} must be a multiple of its norm_groups ({u.norm_groups}, {v.norm_groups})")
     heads = [u.heads(u.model_channels * m) for m in u.channel_mult]
-    if u.head_dim and any(u.model_channels * m % u.head_dim for m in u.channel_mult):
+    if u.head_dim is not None and any(u.model_channels * m % u.head_dim for m in u.channel_mult):
         fail(f"unet.head_dim {u.head_dim} must divide every width {widths[: len(u.channel_mult)]}")
     if any(u.model_channels * m % h for m, h in zip(u.channel_mult, heads)):
         fail(f"unet.num_heads {u.num_heads} must divide every width {widths[: len(u.channel_mult)]}")

@@ -18,7 +18,7 @@ from . import defaults
 from .align import MAX_TOKENS, equalizer, refinement_mapper, replacement_mapper, word_token_indices
 from .attention import Controller, Place, conditional_half
 from .blend import LocalBlend
-from .checks import check_range
+from .checks import check_blend_words, check_prompt_tokens, check_range, check_words, short
 from .store import AttentionStore
 
 
@@ -63,6 +63,8 @@ def cross_windows(prompts, tokenizer, cross_replace_steps) -> list:
     out = [(None, None, check_window(spec.pop("default_", (0.0, 1.0)), "cross_replace_steps"))]
     for word, window in spec.items():
         window = check_window(window, f"cross_replace_steps[{word!r}]")
+        for prompt in prompts[1:]:
+            check_words(prompt, word)
         out += [
             (p, word_token_indices(prompt, word, tokenizer), window) for p, prompt in enumerate(prompts[1:])
         ]
@@ -100,6 +102,8 @@ class Edit(Controller):
     ):
         if len(prompts) < 2:
             raise ValueError("an edit needs the source prompt and at least one target prompt")
+        for prompt in prompts:
+            check_prompt_tokens(tokenizer, prompt, MAX_TOKENS)
         # the largest self-attention map replaced, as a fraction of the latent (0.25: 16x16 of 64x64; 1: all)
         self_max_fraction = check_range(self_max_fraction, "self_max_fraction", 0, 1, low_open=True)
         self.prompts, self.tokenizer = list(prompts), tokenizer
@@ -107,6 +111,8 @@ class Edit(Controller):
         self.cross_windows = cross_windows(self.prompts, tokenizer, cross_replace_steps)
         self.local_blend, self.store, self.self_max_fraction = local_blend, store, self_max_fraction
         if local_blend is not None:
+            check_blend_words(local_blend.words, self.prompts)
+            check_blend_words(local_blend.subtract or [], self.prompts, "LocalBlend subtract")
             local_blend.bind(self.prompts, tokenizer)
         self.prepare()
         self.step, self.blend_maps = 0, []
@@ -183,6 +189,14 @@ class Replace(Edit):
     """Word swap: "a cat" -> "a dog". Target token j attends like the source tokens mapped onto it."""
 
     def prepare(self):
+        source = self.prompts[0]
+        for target in self.prompts[1:]:
+            if len(source.split()) != len(target.split()):
+                raise ValueError(
+                    f"a word swap (Replace) needs prompts with the same number of words: {short(source)} has "
+                    f"{len(source.split())}, {short(target)} has {len(target.split())}; use Refine to add or "
+                    "remove words"
+                )
         self.mapper = torch.stack(
             [replacement_mapper(self.prompts[0], p, self.tokenizer) for p in self.prompts[1:]]
         )
@@ -214,7 +228,10 @@ class Reweight(Edit):
     def __init__(self, prompts, tokenizer, scales, base: Edit | None = None, **settings):
         if base is not None and settings.get("local_blend") is None:
             settings["local_blend"] = base.local_blend  # a chained edit keeps its LocalBlend
+        super().__init__(prompts, tokenizer, **settings)  # the prompts and settings checked first
         if isinstance(scales, dict):
+            for prompt in prompts[1:]:
+                check_words(prompt, list(scales))
             scales = torch.stack(
                 [equalizer(p, list(scales), list(scales.values()), tokenizer) for p in prompts[1:]]
             )
@@ -225,7 +242,6 @@ class Reweight(Edit):
             )
         if not torch.isfinite(self.scales).all():
             raise ValueError(f"Reweight scales must be finite numbers: {self.scales.unique().tolist()}")
-        super().__init__(prompts, tokenizer, **settings)
 
     def to(self, device):
         super().to(device)

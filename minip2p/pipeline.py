@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import defaults, sampling
-from .checks import check_device, check_dtype, check_prompts
+from .checks import check_device, check_dtype, check_prompt_tokens, check_prompts
 from .ddim import denoise
 from .images import to_pil, to_tensor
 from .inversion import Inversion, invert
@@ -105,6 +105,8 @@ class Pipeline:
         states side by side, each from its own tokens (the second tokenizer pads with "!", not end-of-text);
         the pooled embedding is the second's."""
         prompts = check_prompts(prompts)
+        for prompt in prompts:
+            check_prompt_tokens(self.tokenizer, prompt, self.config.text.max_length)
         hidden, pooled = [], None
         for encoder, tokenizer, cfg in self.encoders():
             ids = tokenize(tokenizer, prompts, cfg.max_length).to(self.device)

@@ -59,7 +59,7 @@ class Item:
     line: int  # line number in the spec (1-based)
     id: str  # the line's "id", else a hash of its content
     spec: dict  # the line as given
-    settings: dict  # what the edit is run with, every default filled in
+    settings: dict  # what the edit is run with, every default filled in (guidance None: the model's)
 
 
 def window_name(w) -> str:
@@ -95,7 +95,8 @@ def line_items(d, n: int, tokenizer) -> list:
         raise ValueError(f'"seeds" must be a non-empty list of seeds, not {seeds!r}')
     seeds = [check_seed(s) for s in seeds]
     steps = check_whole(d.get("steps", defaults.STEPS), "steps", 1, TRAIN_STEPS)
-    guidance = check_finite(d.get("guidance_scale", defaults.GUIDANCE_SCALE), "guidance_scale")
+    guidance = d.get("guidance_scale")  # None: the model's own (SD 7.5, SDXL 5.0), as pipe.edit's
+    guidance = None if guidance is None else check_finite(guidance, "guidance_scale")
     cross = grid(d.get("cross_replace_steps", defaults.CROSS_REPLACE_STEPS), "cross_replace_steps")
     self_ = grid(d.get("self_replace_steps", defaults.SELF_REPLACE_STEPS), "self_replace_steps")
     reweight, blend = d.get("reweight"), d.get("blend")

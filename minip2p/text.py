@@ -14,8 +14,6 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from .checks import short
-
 # the CLIP BPE vocabulary of SD1 and SD2 (package data: in the wheel too)
 TOKENIZER_DIR = files("minip2p") / "data" / "tokenizer"
 
@@ -98,22 +96,8 @@ def load_tokenizer(cfg: TextConfig, path=TOKENIZER_DIR) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(str(path), pad_token=cfg.pad_token, model_max_length=cfg.max_length)
 
 
-def token_ids(tokenizer, prompt: str, max_length: int = 77) -> list:
-    """A prompt -> its token ids, start and end included. Over max_length tokens is an error, not a silent cut
-    (and not transformers' warning first: verbose=False)."""
-    ids = tokenizer(prompt, verbose=False).input_ids
-    if len(ids) > max_length:
-        raise ValueError(
-            f"prompt has {len(ids)} tokens, more than the {max_length} the text encoder takes "
-            f"(start and end included); shorten it: {short(prompt)}"
-        )
-    return ids
-
-
 def tokenize(tokenizer, prompts, max_length: int = 77) -> torch.Tensor:
-    """Prompts -> (B, max_length) ids, padded."""
-    for p in prompts:
-        token_ids(tokenizer, p, max_length)
+    """Prompts -> (B, max_length) ids, padded (checked at the edges: none longer)."""
     return torch.tensor(tokenizer(list(prompts), padding="max_length", max_length=max_length).input_ids)
 
 

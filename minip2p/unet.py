@@ -55,7 +55,7 @@ class UNetConfig:
         )
 
     def heads(self, ch):
-        return ch // self.head_dim if self.head_dim else self.num_heads
+        return ch // self.head_dim if self.head_dim is not None else self.num_heads
 
     def depth(self, level: int) -> int:
         """Transformer blocks per SpatialTransformer at a level (the middle block: the last level's)."""

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .text import token_ids
+from .align import token_ids
 
 
 def font_for(width: int) -> ImageFont.ImageFont:

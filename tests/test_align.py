@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from minip2p import Replace, Reweight
 from minip2p.align import equalizer, refinement_mapper, replacement_mapper, word_token_indices
 
 
@@ -19,9 +20,9 @@ def test_missing_word_names_the_prompt_and_its_words(tokenizer):
     with pytest.raises(
         ValueError, match=r"'dog' is not a word of 'a photo of a cat'; its words are \['a', 'photo'"
     ):
-        word_token_indices("a photo of a cat", "dog", tokenizer)
+        Reweight(["a photo of a cat"] * 2, tokenizer, {"dog": 2.0})
     with pytest.raises(ValueError, match="word index 9 is outside"):
-        word_token_indices("a photo of a cat", 9, tokenizer)
+        Replace(["a photo of a cat"] * 2, tokenizer, cross_replace_steps={9: 0.5})
 
 
 def test_replacement_one_to_one(tokenizer):
@@ -52,7 +53,7 @@ def test_replacement_three_tokens_to_one(tokenizer):
 
 def test_replacement_needs_equal_word_counts(tokenizer):
     with pytest.raises(ValueError, match="same number of words.*has 5, .* has 6; use Refine"):
-        replacement_mapper("a photo of a cat", "a photo of a big cat", tokenizer)
+        Replace(["a photo of a cat", "a photo of a big cat"], tokenizer)
 
 
 def test_refinement_inserted_word(tokenizer):
@@ -78,10 +79,8 @@ def test_equalizer(tokenizer):
     expected = torch.ones(77)
     expected[2], expected[6] = 2.0, -1.0
     assert torch.equal(eq, expected)
-    with pytest.raises(ValueError, match="one scale per word"):
-        equalizer("a red circle", ["red"], [1, 2], tokenizer)
 
 
 def test_prompts_over_77_tokens_are_an_error(tokenizer):
     with pytest.raises(ValueError, match="more than the 77"):
-        replacement_mapper("cat " * 80, "dog " * 80, tokenizer)
+        Replace(["cat " * 80, "dog " * 80], tokenizer)

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import minip2p
@@ -165,14 +166,15 @@ def test_an_unavailable_device_on_the_command_line(tmp_path):
             "--prompt",
             "x",
             "--device",
-            "cuda:7",
+            f"cuda:{torch.cuda.device_count()}",  # one past the last GPU, on any machine
             "--out",
             str(tmp_path / "x.png"),
         ],
         capture_output=True,
         text=True,
     )
-    assert r.returncode != 0 and r.stderr.startswith("error: device 'cuda:7' is not available"), r.stderr
+    device = f"cuda:{torch.cuda.device_count()}"
+    assert r.returncode != 0 and r.stderr.startswith(f"error: device '{device}' is not available"), r.stderr
     assert r.stderr.count("\n") == 1
 
 

@@ -1,5 +1,6 @@
-"""Fuzzing: the alignment functions and the number checks, on inputs hypothesis makes up. Each either gives a
-well-formed answer or a ValueError with one line, never another exception."""
+"""Fuzzing: the edits' token alignment (through the controllers, where words and prompts are checked) and the
+number checks, on inputs hypothesis makes up. Each either gives a well-formed answer or a ValueError with one
+line, never another exception."""
 
 import math
 
@@ -8,9 +9,16 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minip2p import LocalBlend
-from minip2p.align import MAX_TOKENS, equalizer, refinement_mapper, replacement_mapper, word_token_indices
-from minip2p.checks import check_finite, check_range, check_seed, check_whole
+from minip2p import LocalBlend, Refine, Replace, Reweight
+from minip2p.align import MAX_TOKENS, refinement_mapper, replacement_mapper, word_token_indices
+from minip2p.checks import (
+    check_finite,
+    check_prompt_tokens,
+    check_range,
+    check_seed,
+    check_whole,
+    check_words,
+)
 from minip2p.p2p import check_window
 
 SETTINGS = settings(
@@ -35,7 +43,12 @@ def refused_in_one_line(fn, *args):
 @SETTINGS
 @given(prompt=prompts, word=words)
 def test_word_token_indices(tokenizer, prompt, word):
-    found = refused_in_one_line(word_token_indices, prompt, word, tokenizer)
+    def checked():
+        check_prompt_tokens(tokenizer, prompt)
+        check_words(prompt, word)
+        return word_token_indices(prompt, word, tokenizer)
+
+    found = refused_in_one_line(checked)
     if found is not None:
         ids = tokenizer(prompt).input_ids
         assert found and all(1 <= i < len(ids) - 1 for i in found)
@@ -44,8 +57,9 @@ def test_word_token_indices(tokenizer, prompt, word):
 @SETTINGS
 @given(source=prompts, target=prompts)
 def test_replacement_mapper_spreads_each_source_token_at_most_once(tokenizer, source, target):
-    m = refused_in_one_line(replacement_mapper, source, target, tokenizer)
-    if m is not None:
+    edit = refused_in_one_line(Replace, [source, target], tokenizer)
+    if edit is not None:
+        m = edit.mapper[0]
         assert m.shape == (MAX_TOKENS, MAX_TOKENS) and ((m == 0) | (m > 0)).all() and m[0, 0] == 1
         assert (m.sum(1) <= 1 + 1e-6).all()  # a source token gives its map once, spread over the target's
 
@@ -53,9 +67,9 @@ def test_replacement_mapper_spreads_each_source_token_at_most_once(tokenizer, so
 @SETTINGS
 @given(source=prompts, target=prompts)
 def test_refinement_mapper_points_inside_the_source(tokenizer, source, target):
-    out = refused_in_one_line(refinement_mapper, source, target, tokenizer)
-    if out is not None:
-        mapper, alphas = out
+    edit = refused_in_one_line(Refine, [source, target], tokenizer)
+    if edit is not None:
+        mapper, alphas = edit.mapper[0], edit.refine_alphas[0]
         assert mapper.min() >= 0 and mapper.max() < MAX_TOKENS and set(alphas.unique().tolist()) <= {0.0, 1.0}
         shared = alphas[: len(tokenizer(target).input_ids)].bool()
         src, tgt = tokenizer(source).input_ids, tokenizer(target).input_ids
@@ -65,8 +79,9 @@ def test_refinement_mapper_points_inside_the_source(tokenizer, source, target):
 @SETTINGS
 @given(prompt=prompts, word=words, scale=st.floats(allow_nan=False, allow_infinity=False, width=32))
 def test_equalizer(tokenizer, prompt, word, scale):
-    eq = refused_in_one_line(equalizer, prompt, [word], [scale], tokenizer)
-    if eq is not None:
+    edit = refused_in_one_line(Reweight, [prompt, prompt], tokenizer, {word: scale})
+    if edit is not None:
+        eq = edit.scales[0]
         assert eq.shape == (MAX_TOKENS,) and ((eq == 1) | (eq == torch.tensor(scale))).all()
 
 
@@ -97,5 +112,10 @@ def test_local_blend_numbers(threshold, start_blend):
 
 @pytest.mark.parametrize("prompt", ["", " ", "a  b", "cat,", "🙂", "a" * 300])
 def test_edge_prompts(tokenizer, prompt):
-    refused_in_one_line(replacement_mapper, prompt, prompt, tokenizer)
-    refused_in_one_line(refinement_mapper, prompt, prompt + " x", tokenizer)
+    """Empty, blank, doubled spaces, punctuation, emoji, very long: a prompt swapped with itself maps every
+    token onto itself; adding a word makes exactly its token new and keeps the others in place."""
+    assert torch.equal(replacement_mapper(prompt, prompt, tokenizer), torch.eye(MAX_TOKENS))
+    mapper, alphas = refinement_mapper(prompt, prompt + " x", tokenizer)
+    end = len(tokenizer(prompt).input_ids) - 1  # the end token's position: " x" takes it
+    assert (alphas == 0).nonzero().flatten().tolist() == [end]
+    assert torch.equal(mapper[:end], torch.arange(end))

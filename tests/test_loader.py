@@ -1,12 +1,17 @@
 """minip2p.load: what it reads, what it ignores, and the errors it gives for bad files (before building
 anything)."""
 
+import json
+from importlib.resources import files
+
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import minip2p
 from minip2p.checkpoint import META_KEY, UNET_PREFIX, CheckpointError
+from minip2p.config import ModelConfig
 
 
 def resave(sd, cfg, path, change):
@@ -122,3 +127,24 @@ def test_sd2_family_is_inferred_from_shapes_and_reads_openclip_keys(small_ckpt):
     assert pipe.config.family == "sd2" and pipe.config.text.penultimate
     q, k, v = sd["cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight"].chunk(3)
     assert torch.equal(pipe.text_encoder.encoder.layers[1].self_attn.k_proj.weight, k)
+
+
+def test_the_bundled_header_is_the_current_config_format_and_an_old_one_is_refused(tmp_path):
+    """The bundled model's header is what ModelConfig.to_json writes today; a header of the first format
+    (no text_2, head_dim 0 for "num_heads heads") is refused in one line naming the file and the field."""
+    path = files("minip2p") / "data" / "shapes.safetensors"
+    with safe_open(str(path), "pt") as f:
+        header = f.metadata()[META_KEY]
+    assert ModelConfig.from_json(header).to_json() == header
+    old = json.loads(header)
+    del old["text_2"]
+    old["unet"]["head_dim"] = 0
+    bad = tmp_path / "old.safetensors"
+    save_file(load_file(str(path)), str(bad), metadata={META_KEY: json.dumps(old)})
+    with pytest.raises(CheckpointError, match=r"old\.safetensors .*text_2") as e:
+        minip2p.load(bad)
+    assert "\n" not in str(e.value)
+    old["text_2"] = None
+    save_file(load_file(str(path)), str(bad), metadata={META_KEY: json.dumps(old)})
+    with pytest.raises(CheckpointError, match=r"unet\.head_dim must be between 1 and 1024, not 0"):
+        minip2p.load(bad)

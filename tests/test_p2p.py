@@ -119,7 +119,7 @@ def test_blend_words_are_looked_up_in_every_prompt(tokenizer):
 
     def tokens(words):
         lb = LocalBlend(words)
-        lb.bind(prompts, tokenizer)
+        Replace(prompts, tokenizer, local_blend=lb)
         return [row.nonzero().flatten().tolist() for row in lb.alpha]
 
     assert tokens(["circle", "square"]) == [[3], [3]]

@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
@@ -87,7 +89,7 @@ def test_a_sweep_runs_resumes_and_refuses_to_mix_specs(tmp_path):
     assert len(records) == 5 and len({r["key"] for r in records}) == 5
     first = records[0]
     assert first["settings"]["kind"] == "replace" and first["settings"]["self_replace_steps"] == 0.4
-    assert first["settings"]["guidance_scale"] == 7.5 and first["spec"] == SPEC[0]
+    assert first["settings"]["guidance_scale"] is None and first["spec"] == SPEC[0]
     assert set(first["metrics"]) == set(SHAPES_METRICS) and first["kept"] is None
     assert records[4]["settings"]["kind"] == "reweight" and records[4]["settings"]["seed"] == 0
     for r in records:
@@ -263,3 +265,20 @@ def test_a_last_line_cut_short_is_dropped_and_a_whole_one_kept(tmp_path):
     path.write_text(line[:-10])  # cut short: the edit is done again
     assert comparable(minip2p.sweep(SPEC[1:], out, progress=False)) == comparable(records)
     assert path.read_text().count("\n") == 1
+
+
+def test_a_sweep_takes_the_models_guidance(tmp_path, sdxl_ckpt):
+    """No guidance_scale in the spec: the model's own, as pipe.edit's (SDXL 5.0, not SD's 7.5)."""
+    path, _, _ = sdxl_ckpt
+    spec = [{"id": "g", "source": SWAP[0], "target": SWAP[1], "steps": 2}]
+    (record,) = minip2p.sweep(spec, tmp_path / "o", weights=path, progress=False)
+    assert record["settings"]["guidance_scale"] is None
+    pipe, threads = minip2p.load(path), torch.get_num_threads()
+    torch.set_num_threads(1)  # as the sweep's edits run (threads=1): the same last bits
+    try:
+        for scale, same in ((None, True), (5.0, True), (7.5, False)):
+            edited = pipe.edit(SWAP[0], SWAP[1], seed=0, steps=2, guidance_scale=scale, progress=False)[1]
+            got = np.asarray(Image.open(tmp_path / "o" / record["images"]["edited"]))
+            assert np.array_equal(got, np.asarray(edited)) == same, scale
+    finally:
+        torch.set_num_threads(threads)
