@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 
 import minip2p
-from minip2p import Replace, Reweight
 from minip2p.checkpoint import VAE_PREFIX
 from minip2p.testing import small_config, write_checkpoint
 
@@ -36,18 +35,6 @@ def test_half_precision_samples_in_fp32_and_stays_finite(half, pipe):
     images = half.generate(P, seed=3, steps=6, progress=False, output="tensor")
     assert images.dtype == half.dtype != torch.float32 and torch.isfinite(images).all()
     assert relative_error(x, run(pipe, P)) < HALF_PRECISION  # the same latents, to half precision
-
-
-def test_half_precision_keeps_the_edit_invariants(half, pipe):
-    same = [P[0], P[0]]
-    x = run(half, same, Replace(same, half.tokenizer))
-    assert torch.equal(x[0], x[1])  # same prompt = same image
-    x = run(half, same, Reweight(same, half.tokenizer, torch.ones(77)))
-    assert torch.equal(x[0], x[1])  # Reweight at 1 = no edit
-    # Replace with no steps = plain generation of the target, within half precision of the fp32 result (the
-    # edit takes the explicit softmax, plain generation the fused kernel: they round differently)
-    x = run(half, P, Replace(P, half.tokenizer, cross_replace_steps=0.0, self_replace_steps=0.0))
-    assert relative_error(x, run(pipe, P)) < HALF_PRECISION
 
 
 def test_the_vae_runs_in_fp32_when_asked_or_known_to_overflow(tmp_path):

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import minip2p
 import minip2p_oracle as oracle
-from minip2p import AttentionStore, LocalBlend, Replace, Reweight, defaults
+from minip2p import AttentionStore, LocalBlend, Replace, defaults
 from minip2p.blend import blend_downsample, region
 from minip2p.checkpoint import (
     SDXL_OPENCLIP_PREFIX,
@@ -162,17 +162,8 @@ def run(pipe, prompts, controller=None, **options):
     return pipe.sample(prompts, seed=3, steps=6, controller=controller, progress=False, **options)
 
 
-def test_prompt_to_prompt_invariants_on_sdxl(sdxl_pipe):
-    tok = sdxl_pipe.tokenizer
-    x = run(sdxl_pipe, [P[0], P[0]], Replace([P[0], P[0]], tok))
-    assert torch.equal(x[0], x[1])  # same prompt, same image
+def test_an_attention_store_on_sdxl(sdxl_pipe):
     plain = run(sdxl_pipe, P)
-    x = run(sdxl_pipe, P, Replace(P, tok, cross_replace_steps=0.0, self_replace_steps=0.0))
-    assert (x - plain).abs().max() < 1e-3  # Replace with 0 steps is the plain target
-    edited = run(sdxl_pipe, P, Replace(P, tok))
-    assert (edited[1] - plain[1]).abs().max() > 0.1 and (edited[0] - plain[0]).abs().max() < 1e-3
-    x = run(sdxl_pipe, [P[0], P[0]], Reweight([P[0], P[0]], tok, torch.ones(77)))
-    assert torch.equal(x[0], x[1])  # Reweight at 1 is no edit
     store = AttentionStore()
     assert (run(sdxl_pipe, P, store) - plain).abs().max() < 1e-3  # an attached store changes nothing
     assert store.resolutions() == [4, 8]  # SDXL: no attention at the first level (16x16 here)
