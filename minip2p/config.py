@@ -127,24 +127,46 @@ def check_config(cfg: ModelConfig, where) -> ModelConfig:
     def fail(what):
         raise CheckpointError(f"{where}: {what}")
 
+    if not isinstance(cfg.text_2, (TextConfig, type(None))):
+        fail(f"text_2 must be a text encoder's config or null, not {cfg.text_2!r}")
+    if (cfg.text_2 is not None) != (cfg.family == "sdxl"):
+        fail(f"family {cfg.family!r}: a second text encoder (text_2) is SDXL's, and SDXL has one")
+    check_numbers(cfg, fail)
+    check_widths(cfg, fail)
+    check_text(cfg, fail)
+    v = cfg.vae
+    if not (
+        isinstance(v.scale_factor, (int, float)) and math.isfinite(v.scale_factor) and v.scale_factor > 0
+    ):
+        fail(f"vae.scale_factor must be a positive finite number, not {v.scale_factor!r}")
+    if not isinstance(v.upcast, bool) or not isinstance(cfg.zero_negative, bool):
+        fail(f"vae.upcast and zero_negative must be true or false, not {v.upcast!r}, {cfg.zero_negative!r}")
+    if cfg.family not in FAMILIES or cfg.prediction not in ("epsilon", "v"):
+        fail(
+            f"family {cfg.family!r}, prediction {cfg.prediction!r}: expected one of {FAMILIES}; epsilon or v"
+        )
+    step = v.pixels_per_cell * 2 ** (len(cfg.unet.channel_mult) - 1)
+    if not isinstance(cfg.image_size, int) or not step <= cfg.image_size <= 8192 or cfg.image_size % step:
+        fail(f"image_size must be a multiple of {step} up to 8192, not {cfg.image_size!r}")
+    return cfg
+
+
+def check_numbers(cfg: ModelConfig, fail):
+    """Every size in its LIMITS, every level multiplier in MULTIPLIERS."""
+
     def check(value, name, low, high):
         try:
             check_whole(value, name, low, high)
         except ValueError as e:
             fail(e)
 
-    if not isinstance(cfg.text_2, (TextConfig, type(None))):
-        fail(f"text_2 must be a text encoder's config or null, not {cfg.text_2!r}")
-    if (cfg.text_2 is not None) != (cfg.family == "sdxl"):
-        fail(f"family {cfg.family!r}: a second text encoder (text_2) is SDXL's, and SDXL has one")
     for part, limits in LIMITS.items():
         sub = getattr(cfg, part)
         if sub is None:
             continue
         for name, (low, high) in limits.items():
             value = getattr(sub, name)
-            optional = (part.removesuffix("_2"), name) in OPTIONAL
-            if optional and value is None:
+            if (part.removesuffix("_2"), name) in OPTIONAL and value is None:
                 continue  # head_dim: num_heads heads
             if part == "unet" and name == "transformer_depth" and isinstance(value, tuple):
                 if not isinstance(sub.channel_mult, tuple) or len(value) != len(sub.channel_mult):
@@ -159,12 +181,15 @@ def check_config(cfg: ModelConfig, where) -> ModelConfig:
             fail(f"{part}.{name} must be a list of 1 to {MAX_LEVELS} widths, not {mult!r}")
         for m in mult:
             check(m, f"{part}.{name} entry", *MULTIPLIERS)
+
+
+def check_widths(cfg: ModelConfig, fail):
+    """The UNet's and VAE's levels against each other: attention levels that exist, widths that the norm
+    groups and the heads divide."""
     u, v = cfg.unet, cfg.vae
     levels = [2**i for i in range(len(u.channel_mult))]
     if not all(r in levels for r in u.attention_resolutions):
-        fail(
-            f"unet.attention_resolutions {u.attention_resolutions} must be among the levels' factors {levels}"
-        )
+        fail(f"unet.attention_resolutions {u.attention_resolutions} must be among the levels' {levels}")
     widths = [u.model_channels * m for m in u.channel_mult] + [v.ch * m for m in v.ch_mult]
     groups = [u.norm_groups] * (len(u.channel_mult)) + [v.norm_groups] * len(v.ch_mult)
     if any(w % g for w, g in zip(widths, groups)):
@@ -174,21 +199,6 @@ def check_config(cfg: ModelConfig, where) -> ModelConfig:
         fail(f"unet.head_dim {u.head_dim} must divide every width {widths[: len(u.channel_mult)]}")
     if any(u.model_channels * m % h for m, h in zip(u.channel_mult, heads)):
         fail(f"unet.num_heads {u.num_heads} must divide every width {widths[: len(u.channel_mult)]}")
-    check_text(cfg, fail)
-    if not (
-        isinstance(v.scale_factor, (int, float)) and math.isfinite(v.scale_factor) and v.scale_factor > 0
-    ):
-        fail(f"vae.scale_factor must be a positive finite number, not {v.scale_factor!r}")
-    if not isinstance(v.upcast, bool) or not isinstance(cfg.zero_negative, bool):
-        fail(f"vae.upcast and zero_negative must be true or false, not {v.upcast!r}, {cfg.zero_negative!r}")
-    if cfg.family not in FAMILIES or cfg.prediction not in ("epsilon", "v"):
-        fail(
-            f"family {cfg.family!r}, prediction {cfg.prediction!r}: expected one of {FAMILIES}; epsilon or v"
-        )
-    step = v.pixels_per_cell * 2 ** (len(u.channel_mult) - 1)
-    if not isinstance(cfg.image_size, int) or not step <= cfg.image_size <= 8192 or cfg.image_size % step:
-        fail(f"image_size must be a multiple of {step} up to 8192, not {cfg.image_size!r}")
-    return cfg
 
 
 def check_text(cfg: ModelConfig, fail):

@@ -212,10 +212,9 @@ def text_config(text_cfg: dict, pad: str) -> TextConfig:
     )
 
 
-def configs(path, unet_cfg, vae_cfg, text_cfg, prediction, text_2_cfg=None) -> tuple:
+def unet_config(unet_cfg) -> UNetConfig:
+    """diffusers' unet/config.json -> our UNetConfig (SDXL's added conditioning set by `configs`)."""
     widths, res_blocks = unet_cfg["block_out_channels"], unet_cfg["layers_per_block"]
-    if not widths or min(widths) <= 0 or min(vae_cfg["block_out_channels"] or [0]) <= 0:
-        raise ValueError("block_out_channels must be positive widths")
     heads = unet_cfg.get("num_attention_heads") or unet_cfg["attention_head_dim"]
     depth = unet_cfg.get("transformer_layers_per_block", 1)
     unet = UNetConfig(
@@ -236,8 +235,13 @@ def configs(path, unet_cfg, vae_cfg, text_cfg, prediction, text_2_cfg=None) -> t
         unet.head_dim = widths[0] // heads[0]
     else:
         unet.num_heads = heads
+    return unet
+
+
+def vae_config(vae_cfg) -> VAEConfig:
+    """diffusers' vae/config.json -> our VAEConfig."""
     vae_widths = vae_cfg["block_out_channels"]
-    vae = VAEConfig(
+    return VAEConfig(
         ch=vae_widths[0],
         ch_mult=tuple(c // vae_widths[0] for c in vae_widths),
         num_res_blocks=vae_cfg["layers_per_block"],
@@ -245,6 +249,14 @@ def configs(path, unet_cfg, vae_cfg, text_cfg, prediction, text_2_cfg=None) -> t
         norm_groups=vae_cfg.get("norm_num_groups", 32),
         scale_factor=vae_cfg.get("scaling_factor", 0.18215),
     )
+
+
+def configs(path, unet_cfg, vae_cfg, text_cfg, prediction, text_2_cfg=None) -> tuple:
+    """The folder's configs -> (ModelConfig, {text part: tokenizer folder})."""
+    widths = unet_cfg["block_out_channels"]
+    if not widths or min(widths) <= 0 or min(vae_cfg["block_out_channels"] or [0]) <= 0:
+        raise ValueError("block_out_channels must be positive widths")
+    unet, vae = unet_config(unet_cfg), vae_config(vae_cfg)
     tok_dir, pad = tokenizer_folder(path / "tokenizer")
     text = text_config(text_cfg, pad or "<|endoftext|>")  # SD1's pad; SD2's folders say "!"
     tok_dirs, text_2, sdxl = {"text": tok_dir}, None, text_2_cfg is not None

@@ -143,37 +143,38 @@ class Inversion:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path}: an inversion file lacks or garbles {e}") from None
-        latent, nulls = inversion.latent, inversion.null_embeddings
-        if (
-            latent.dim() != 4
-            or latent.shape[0] != 1
-            or nulls.dim() != 3
-            or not 1 <= len(nulls) <= TRAIN_STEPS
-        ):
-            raise ValueError(
-                f"{path}: latent {tuple(latent.shape)} / null embeddings {tuple(nulls.shape)} are "
-                "not an inversion's (1, C, h, w) / (steps, tokens, width)"
-            )
-        pooled = inversion.null_pooled
-        if pooled is not None and (pooled.dim() != 2 or pooled.shape[0] != 1):
-            raise ValueError(f"{path}: null_pooled {tuple(pooled.shape)} is not a (1, width) embedding")
-        if not all(
-            torch.isfinite(t).all() for t in (latent, nulls, torch.zeros(0) if pooled is None else pooled)
-        ):
-            raise ValueError(f"{path} holds NaN or infinite values: the file is damaged")
         if inversion.method == "direct":
             inversion.trajectory = tensors.get("trajectory")
-            want = (inversion.steps + 1, *latent.shape)
-            if inversion.trajectory is None or tuple(inversion.trajectory.shape) != want:
-                raise ValueError(f"{path}: a direct inversion needs its trajectory, of shape {want}")
-            if not torch.isfinite(inversion.trajectory).all():
-                raise ValueError(f"{path} holds NaN or infinite values: the file is damaged")
-        if inversion.method not in METHODS or inversion.steps_offset not in (0, 1):
-            raise ValueError(
-                f"{path}: unknown method {inversion.method!r} or steps_offset {inversion.steps_offset}"
-            )
-        check_finite(inversion.guidance_scale, f"{path}: guidance_scale")
-        return inversion
+        return check_loaded(inversion, path)
+
+
+def check_loaded(inversion: Inversion, path) -> Inversion:
+    """An inversion read from `path`, checked whole: shapes, finite values, method and schedule."""
+    latent, nulls = inversion.latent, inversion.null_embeddings
+    if latent.dim() != 4 or latent.shape[0] != 1 or nulls.dim() != 3 or not 1 <= len(nulls) <= TRAIN_STEPS:
+        raise ValueError(
+            f"{path}: latent {tuple(latent.shape)} / null embeddings {tuple(nulls.shape)} are "
+            "not an inversion's (1, C, h, w) / (steps, tokens, width)"
+        )
+    pooled = inversion.null_pooled
+    if pooled is not None and (pooled.dim() != 2 or pooled.shape[0] != 1):
+        raise ValueError(f"{path}: null_pooled {tuple(pooled.shape)} is not a (1, width) embedding")
+    if not all(
+        torch.isfinite(t).all() for t in (latent, nulls, torch.zeros(0) if pooled is None else pooled)
+    ):
+        raise ValueError(f"{path} holds NaN or infinite values: the file is damaged")
+    if inversion.method == "direct":
+        want = (inversion.steps + 1, *latent.shape)
+        if inversion.trajectory is None or tuple(inversion.trajectory.shape) != want:
+            raise ValueError(f"{path}: a direct inversion needs its trajectory, of shape {want}")
+        if not torch.isfinite(inversion.trajectory).all():
+            raise ValueError(f"{path} holds NaN or infinite values: the file is damaged")
+    if inversion.method not in METHODS or inversion.steps_offset not in (0, 1):
+        raise ValueError(
+            f"{path}: unknown method {inversion.method!r} or steps_offset {inversion.steps_offset}"
+        )
+    check_finite(inversion.guidance_scale, f"{path}: guidance_scale")
+    return inversion
 
 
 def invert(
@@ -198,24 +199,11 @@ def invert(
         )
     steps = check_whole(steps, "steps", 1, TRAIN_STEPS)
     guidance_scale = pipe.guidance_scale if guidance_scale is None else guidance_scale
-    guidance_scale, early_stop = (
-        check_finite(guidance_scale, "guidance_scale"),
-        check_finite(early_stop, "early_stop"),
-    )
-    inner_steps, steps_offset = (
-        check_whole(inner_steps, "inner_steps", 0),
-        check_whole(steps_offset, "steps_offset", 0, 1),
-    )
-    if not isinstance(image, torch.Tensor):
-        image = to_tensor(load_image(image, pipe.config.image_size))
-    if image.dim() != 4 or image.shape[:2] != (1, 3) or not image.is_floating_point():
-        raise ValueError(
-            f"give the image as a path, a PIL image or a (1, 3, H, W) float tensor, not a tensor of "
-            f"shape {tuple(image.shape)} ({image.dtype})"
-        )
-    if not torch.isfinite(image).all():
-        raise ValueError("the image tensor holds NaN or infinite values")
-    check_image_size(pipe.config, image.shape[2], image.shape[3])
+    guidance_scale = check_finite(guidance_scale, "guidance_scale")
+    early_stop = check_finite(early_stop, "early_stop")
+    stop = check_whole(inner_steps, "inner_steps", 0), early_stop
+    steps_offset = check_whole(steps_offset, "steps_offset", 0, 1)
+    image = checked_image(pipe, image)
     ddim = DDIM(steps, steps_offset, pipe.config.prediction)
     (cond, pooled), (null, null_pooled) = pipe.encode_text([prompt]), pipe.encode_negative(None)
     if method == "negative-prompt":
@@ -224,16 +212,11 @@ def invert(
     y_cond, y_null = (
         None if p is None else size_conditioning(p, height, width) for p in (pooled, null_pooled)
     )
-    with torch.no_grad():
-        x = pipe.encode(image)
-        trajectory = [x]
-        for t in tqdm(ddim.timesteps.flip(0), desc="DDIM inversion", disable=not progress, leave=False):
-            x = ddim.inverse_step(pipe.predict(x, t, cond, y=y_cond), t, x)  # ascending: x_0 -> x_T
-            trajectory.append(x)
+    trajectory = ddim_inversion(pipe, ddim, pipe.encode(image), cond, y_cond, progress)
     if method == "null-text":
         conditions = cond, y_cond, y_null
         nulls = null_text_optimisation(
-            pipe, ddim, trajectory, conditions, null, guidance_scale, inner_steps, early_stop, progress
+            pipe, ddim, trajectory, conditions, null, guidance_scale, stop, progress
         )
     else:
         nulls = null.expand(steps, -1, -1)
@@ -251,17 +234,40 @@ def invert(
     )
 
 
-def null_text_optimisation(
-    pipe, ddim, trajectory, conditions, null, guidance_scale, inner_steps, early_stop, progress
-):
+def checked_image(pipe, image) -> torch.Tensor:
+    """A path, a PIL image or a (1, 3, H, W) float tensor in [-1, 1] -> that tensor, checked."""
+    if not isinstance(image, torch.Tensor):
+        image = to_tensor(load_image(image, pipe.config.image_size))
+    if image.dim() != 4 or image.shape[:2] != (1, 3) or not image.is_floating_point():
+        raise ValueError(
+            f"give the image as a path, a PIL image or a (1, 3, H, W) float tensor, not a tensor of "
+            f"shape {tuple(image.shape)} ({image.dtype})"
+        )
+    if not torch.isfinite(image).all():
+        raise ValueError("the image tensor holds NaN or infinite values")
+    check_image_size(pipe.config, image.shape[2], image.shape[3])
+    return image
+
+
+@torch.no_grad()
+def ddim_inversion(pipe, ddim, x, cond, y, progress) -> list:
+    """x_0 -> [x_0, x_1, ..., x_T]: the DDIM update run backwards with the conditional prediction."""
+    trajectory = [x]
+    for t in tqdm(ddim.timesteps.flip(0), desc="DDIM inversion", disable=not progress, leave=False):
+        x = ddim.inverse_step(pipe.predict(x, t, cond, y=y), t, x)
+        trajectory.append(x)
+    return trajectory
+
+
+def null_text_optimisation(pipe, ddim, trajectory, conditions, null, guidance_scale, stop, progress):
     """Per step i, Adam on the null embedding (lr 1e-2 (1 - i/100)) until the guided step from the current
     latent lands on the inverted trajectory's next latent (loss < early_stop + i * 2e-5), at most inner_steps
     times. The conditional prediction is computed once per step; no graph is kept across steps. In fp16/bf16
     the embedding and its Adam state stay fp32 (a fp16 Adam step divides by an underflowed second moment:
-    NaN). SDXL: only the token embeddings (the context) are optimised; the pooled embedding in y_null stays
-    what sampling gives the unconditional half (zeros), as in the null-text paper, which optimises only what
-    the cross-attention reads."""
-    cond, y_cond, y_null = conditions
+    NaN). stop: (inner_steps, early_stop). SDXL: only the token embeddings (the context) are optimised; the
+    pooled embedding in y_null stays what sampling gives the unconditional half (zeros), as in the null-text
+    paper, which optimises only what the cross-attention reads."""
+    (cond, y_cond, y_null), (inner_steps, early_stop) = conditions, stop
     nulls, x = [], trajectory[-1]
     bar = tqdm(ddim.timesteps, desc="null-text optimisation", disable=not progress, leave=False)
     for i, t in enumerate(bar):

@@ -258,13 +258,7 @@ def sweep(
     cannot take) gets a record with its "error", and the sweep goes on."""
     out = check_folder(out)
     workers, threads = check_whole(workers, "workers", 1, 1024), check_whole(threads, "threads", 1, 1024)
-    for name, d in (("dtype", dtype), ("vae_dtype", vae_dtype)):
-        if d is not None and d not in DTYPES:  # by name: the options are written to sweep.json
-            raise ValueError(f"{name} {d!r}: use {', '.join(DTYPES)}")
-    if device is not None:
-        check_device(device)
-    if weights is not None and not Path(weights).exists():
-        raise FileNotFoundError(f"checkpoint not found: {weights}")
+    check_model_options(weights, device, dtype, vae_dtype)
     folder = Path(weights) / "tokenizer" if weights and Path(weights).is_dir() else None
     tokenizer = load_tokenizer(TextConfig(), folder if folder and folder.is_dir() else TOKENIZER_DIR)
     items = read_spec(spec, tokenizer)
@@ -293,16 +287,32 @@ def sweep(
     by_key = {i.key: i for i in todo}
     with open(path, "a") as f, bar, closing(results(todo, options, workers, ray, ray_address)) as computed:
         for result in computed:
-            if "fatal" in result:  # a worker could not start: its model or device
-                raise ValueError(result["fatal"])
-            item = by_key[result["key"]]
-            record = finish(item, result, out, conditions)
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-            done[item.key] = record
+            done.update(append(f, result, by_key, out, conditions))
             bar.update()
     return [done[i.key] for i in items]
+
+
+def check_model_options(weights, device, dtype, vae_dtype):
+    for name, d in (("dtype", dtype), ("vae_dtype", vae_dtype)):
+        if d is not None and d not in DTYPES:  # by name: the options are written to sweep.json
+            raise ValueError(f"{name} {d!r}: use {', '.join(DTYPES)}")
+    if device is not None:
+        check_device(device)
+    if weights is not None and not Path(weights).exists():
+        raise FileNotFoundError(f"checkpoint not found: {weights}")
+
+
+def append(f, result: dict, by_key: dict, out: Path, conditions: list) -> dict:
+    """A worker's result -> its images written, its line appended to results.jsonl and synced -> {key:
+    record}; a worker that could not start (its model or device) stops the sweep."""
+    if "fatal" in result:
+        raise ValueError(result["fatal"])
+    item = by_key[result["key"]]
+    record = finish(item, result, out, conditions)
+    f.write(json.dumps(record) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+    return {item.key: record}
 
 
 def finish(item: Item, result: dict, out: Path, conditions: list) -> dict:

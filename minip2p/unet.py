@@ -238,7 +238,10 @@ class UNet(nn.Module):
         self.out = nn.Sequential(
             GroupNorm(groups, ch), nn.SiLU(), nn.Conv2d(width, cfg.out_channels, 3, padding=1)
         )
+        self.mark_places()
 
+    def mark_places(self):
+        """Give every attention module its Place: its checkpoint key, where, cross or self, size, heads."""
         where = {"input_blocks": "down", "middle_block": "mid", "output_blocks": "up"}
         for name, m in self.named_modules():
             if isinstance(m, SpatialTransformer):
@@ -257,8 +260,7 @@ class UNet(nn.Module):
     def forward(self, x, t, context, controller=None, y=None):
         """x (B, C, H, W) latents, t timestep(s), context (B, 77, D) -> (B, C, H, W) eps (or v). SDXL: y (B,
         adm_in_channels), the added conditioning (pooled text embedding and size embeddings)."""
-        if (y is None) != (self.cfg.adm_in_channels is None):
-            raise ValueError("an SDXL UNet needs y (the added conditioning), and only an SDXL UNet takes it")
+        assert (y is None) == (self.cfg.adm_in_channels is None), "y is SDXL's added conditioning"
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(x.dtype))
         if y is not None:
