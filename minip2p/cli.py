@@ -45,11 +45,6 @@ DEMO = [  # (label, source, target, edit options): Prompt-to-Prompt on the shape
 DEMO_SEED = 8888
 
 
-def check_out(path) -> Path:
-    """--out, checked before the model is even loaded."""
-    return check_output(path, IMAGE_SUFFIXES)
-
-
 def load_model(args):
     for option in ("dtype", "vae_dtype"):
         name = getattr(args, option)
@@ -62,7 +57,7 @@ def load_model(args):
 
 
 def cmd_generate(args):
-    out = check_out(args.out)
+    out = check_output(args.out, IMAGE_SUFFIXES)  # before the model is even loaded
     pipe = load_model(args)
     images = pipe.generate(
         args.prompt,
@@ -80,7 +75,7 @@ def cmd_generate(args):
 
 
 def cmd_demo(args):
-    out = check_out(args.out)
+    out = check_output(args.out, IMAGE_SUFFIXES)  # before the model is even loaded
     pipe = load_model(args)  # the bundled shapes-world model
     images, captions = [], []
     for label, source, target, options in DEMO:
@@ -118,7 +113,7 @@ def edit_label(kind: str, blend, reweight: dict) -> str:
 
 
 def cmd_edit(args):
-    out = check_out(args.out)
+    out = check_output(args.out, IMAGE_SUFFIXES)  # before the model is even loaded
     reweight = parse_reweight(args.reweight)
     pipe = load_model(args)
     prompts = [args.prompt, args.to]
@@ -147,7 +142,7 @@ def cmd_edit(args):
 
 
 def cmd_attention(args):
-    out = check_out(args.out)
+    out = check_output(args.out, IMAGE_SUFFIXES)  # before the model is even loaded
     pipe = load_model(args)
     latent = pipe.config.image_size // pipe.pixels_per_cell
     sizes = sorted({latent // p.downsample for p in pipe.unet.places() if p.is_cross})

@@ -64,4 +64,4 @@ def load(
         model.load_state_dict(ckpt.cast(parts.pop(name), part_dtype), strict=True, assign=True)
     encoders = [(models[n], tokenizers[n]) for n in text_cfgs]
     pipe = Pipeline(cfg, models["unet"], models["vae"], *encoders[0], *(encoders[1] if cfg.text_2 else ()))
-    return pipe.to(device=device, dtype=dtype, vae_dtype=vae_dtype)
+    return pipe.place(device, dtype, vae_dtype)

@@ -26,7 +26,7 @@ def choose_vae_dtype(cfg: ckpt.ModelConfig, dtype, vae_dtype):
     """The VAE's dtype: the one asked for, else the model's, except float32 for a VAE known to overflow in
     float16 (`cfg.vae.upcast`)."""
     if vae_dtype is not None:
-        return check_dtype(vae_dtype)
+        return vae_dtype
     return torch.float32 if dtype == torch.float16 and cfg.vae.upcast else dtype
 
 
@@ -62,7 +62,11 @@ class Pipeline:
         overflow in float16 (`config.vae.upcast`): then it stays float32 under a float16 model."""
         device = None if device is None else check_device(device)
         dtype = None if dtype is None else check_dtype(dtype)
-        vae_dtype = choose_vae_dtype(self.config, dtype, vae_dtype)
+        vae_dtype = None if vae_dtype is None else check_dtype(vae_dtype)
+        return self.place(device, dtype, choose_vae_dtype(self.config, dtype, vae_dtype))
+
+    def place(self, device, dtype, vae_dtype):
+        """`to` with its arguments checked (and the VAE's dtype chosen) -> self."""
         text = [(e, dtype) for e, _, _ in self.encoders()]
         for m, d in [(self.unet, dtype), *text, (self.vae, vae_dtype)]:
             m.to(device=device, dtype=d).eval().requires_grad_(False)

@@ -24,7 +24,7 @@ class UNetConfig:
     model_channels: int = 320  # width of the first level
     channel_mult: tuple = (1, 2, 4, 4)  # width of each level, times model_channels
     num_res_blocks: int = 2  # ResBlocks per level on the way down (one more on the way up)
-    attention_resolutions: tuple = (1, 2, 4)  # downsampling factors that get a SpatialTransformer
+    attention_resolutions: tuple = (1, 2, 4)  # levels with a SpatialTransformer, by downsample
     num_heads: int = 8  # heads per attention (SD1), used when head_dim is None
     head_dim: int | None = None  # channels per head (SD2: 64); None: num_heads heads
     context_dim: int = 768  # width of the text encoder's hidden states

@@ -92,7 +92,6 @@ class Level(nn.Module):
     def __init__(self, chs, groups, resample=None):
         super().__init__()
         self.block = nn.ModuleList(ResnetBlock(a, b, groups) for a, b in zip(chs[:-1], chs[1:]))
-        self.attn = nn.ModuleList()  # empty in SD; keeps the CompVis layout
         if resample is not None:
             setattr(self, "downsample" if resample is PaddedDownsample else "upsample", resample(chs[-1]))
 
