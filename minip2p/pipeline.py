@@ -147,6 +147,11 @@ class Pipeline:
         Every prompt starts from the same noise: `latents`, else drawn from `generator` or `seed`. With
         `inversion` (from `invert`), sampling starts from its noise and uses its per-step null embeddings,
         steps, guidance and schedule, so that the first prompt reconstructs the inverted image."""
+        unknown = set(options) - sampling.OPTIONS
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {sorted(unknown)}: sampling takes {sorted(sampling.OPTIONS)}"
+            )
         o = sampling.Options(**options)
         with torch.no_grad():
             p = sampling.plan(self, prompts, o)

@@ -73,6 +73,8 @@ def test_bad_latents_and_prompts(pipe):
         pipe.sample([], steps=1)
     with pytest.raises(TypeError):
         pipe.generate(["a cat"], 1)  # options are keyword-only: a seed passed by position is an error
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['sed'\]: sampling takes \[.*'seed'"):
+        pipe.edit("a cat", "a dog", sed=1)  # a typo is one line naming the options, before any work
 
 
 def test_prompt_changes_the_image_through_cross_attention(pipe):
