@@ -118,3 +118,74 @@ def sdxl_pipeline(path, sd: dict, cfg: ModelConfig, tokenizer, tokenizer_2) -> S
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def sd3_transformer(sd: dict, cfg):
+    """diffusers' SD3Transformer2DModel from an SD3 single file's state dict, through its converter."""
+    from diffusers import SD3Transformer2DModel
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+
+    m = cfg.mmdit
+    model = SD3Transformer2DModel(
+        sample_size=cfg.image_size // 8,
+        patch_size=m.patch_size,
+        in_channels=m.in_channels,
+        num_layers=m.depth,
+        attention_head_dim=m.head_dim,
+        num_attention_heads=m.num_heads,
+        joint_attention_dim=m.context_dim,
+        caption_projection_dim=m.hidden_size,
+        pooled_projection_dim=m.pooled_dim,
+        out_channels=m.in_channels,
+        pos_embed_max_size=m.pos_embed_max_size,
+        dual_attention_layers=tuple(m.dual_attention_layers),
+        qk_norm="rms_norm" if m.qk_norm else None,
+    )
+    ckpt = {k: v.clone() for k, v in sd.items() if k.startswith(UNET_PREFIX)}
+    model.load_state_dict(convert_sd3_transformer_checkpoint_to_diffusers(ckpt), strict=True)
+    return model.eval()
+
+
+def sd3_vae(sd: dict, cfg):
+    """diffusers' AutoencoderKL for SD3's VAE (16 channels, no quant convs, its scale and shift)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    v = cfg.vae
+    config = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * len(v.ch_mult),
+        up_block_types=["UpDecoderBlock2D"] * len(v.ch_mult),
+        block_out_channels=[v.ch * m for m in v.ch_mult],
+        layers_per_block=v.num_res_blocks,
+        latent_channels=v.z_channels,
+        norm_num_groups=v.norm_groups,
+        scaling_factor=v.scale_factor,
+        shift_factor=v.shift_factor,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    model = AutoencoderKL(**config)
+    ckpt = {k: v for k, v in sd.items() if k.startswith("first_stage_model.")}
+    model.load_state_dict(convert_ldm_vae_checkpoint(ckpt, config), strict=True)
+    return model.eval()
+
+
+def sd3_pipeline(sd: dict, cfg, pipe):
+    """diffusers' StableDiffusion3Pipeline on the same weights: the transformer and VAE through diffusers'
+    converters, the text encoders and tokenizers our pipeline holds (transformers' own classes)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    out = StableDiffusion3Pipeline(
+        transformer=sd3_transformer(sd, cfg),
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=cfg.shift),
+        vae=sd3_vae(sd, cfg),
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        text_encoder_2=pipe.text_encoder_2,
+        tokenizer_2=pipe.tokenizer_2,
+        text_encoder_3=pipe.text_encoder_3,
+        tokenizer_3=pipe.tokenizer_3,
+    )
+    out.set_progress_bar_config(disable=True)
+    return out

@@ -83,6 +83,9 @@ class LocalBlend:
         self.sum = None
 
     def reads(self, place: Place) -> bool:
+        """The UNet's down and up cross-attention at the chosen size; every MM-DiT image->text map."""
+        if place.part == "image->text":
+            return True
         return place.is_cross and place.downsample == self.downsample and place.where in ("down", "up")
 
     def __call__(self, i: int, maps: list, x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +94,8 @@ class LocalBlend:
         its mask (its region or the source's) and takes the source's outside."""
         if maps:
             m = torch.stack(maps).mean(0)
-            m = m.reshape(m.shape[0], *(s // self.downsample for s in self.latent_hw), MAX_TOKENS)
+            down = round((self.latent_hw[0] * self.latent_hw[1] / m.shape[1]) ** 0.5)
+            m = m.reshape(m.shape[0], *(s // down for s in self.latent_hw), MAX_TOKENS)
             self.sum = m if self.sum is None else self.sum + m
         if i < self.start_step or (self.sum is None and self.user_mask is None):
             return x

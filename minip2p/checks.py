@@ -104,15 +104,18 @@ def check_image_size(cfg, height, width, max_size: int | None = None) -> tuple:
     """Image sizes -> (height, width), checked for a model config: positive multiples of what the model needs,
     at most max_size (by default 4x the model's own size: past it memory grows fast; going there is a
     choice)."""
-    cell = cfg.vae.pixels_per_cell
-    step = cell * 2 ** (len(cfg.unet.channel_mult) - 1)
+    cell, step = cfg.vae.pixels_per_cell, cfg.size_step
     limit = 4 * cfg.image_size if max_size is None else check_whole(max_size, "max_size")
     for name, v in (("height", height), ("width", width)):
         check_whole(v, name)
         if v % step:
             raise ValueError(
                 f"{name}={v}: image sizes must be positive multiples of {step} for this model "
-                f"({cell} pixels per latent cell x {step // cell}, the UNet's downsampling)"
+                f"({cell} pixels per latent cell x {step // cell}, the {cfg.size_reason})"
+            )
+        if cfg.largest is not None and v > cfg.largest:
+            raise ValueError(
+                f"{name}={v} is more than {cfg.largest}, the largest image this model's position table covers"
             )
         if v > limit:
             raise ValueError(

@@ -53,6 +53,14 @@ class ModelConfig:
             "sdxl", UNetConfig.sdxl(), vae, TextConfig.sdxl(), "epsilon", 1024, TextConfig.sdxl_2(), True
         )
 
+    size_reason = "UNet's downsampling"  # why image sizes are multiples of size_step
+    largest = None  # no largest image size but memory's
+
+    @property
+    def size_step(self) -> int:
+        """Image sizes are multiples of this: pixels per latent cell x the UNet's downsampling."""
+        return self.vae.pixels_per_cell * 2 ** (len(self.unet.channel_mult) - 1)
+
     @property
     def encoders(self) -> list:
         """The text encoders' configs, in the order their hidden states are concatenated."""

@@ -33,6 +33,7 @@ class DDIM:
         self.ratio = TRAIN_STEPS // steps
         ts = (np.arange(0, steps) * self.ratio).round()[::-1].astype(np.int64) + steps_offset
         self.timesteps = torch.from_numpy(ts.copy())  # descending, e.g. 981, 961, ..., 1
+        self.inverse_timesteps = self.timesteps.flip(0)  # inversion: the model at the level it goes to
 
     def alpha(self, t):
         """Cumulative alpha at train timestep t; t < 0 means 'after the last step'. With steps_offset 1, a

@@ -8,6 +8,8 @@ notebook (google/prompt-to-prompt, prompt-to-prompt_stable.ipynb) unless a comme
 STEPS = 50  # DDIM steps
 GUIDANCE_SCALE = 7.5  # classifier-free guidance
 SDXL_GUIDANCE_SCALE = 5.0  # SDXL's (diffusers' StableDiffusionXLPipeline)
+SD3_STEPS = 28  # SD3's Euler steps (diffusers' StableDiffusion3Pipeline)
+SD3_GUIDANCE_SCALE = 7.0  # SD3's guidance (the same)
 ETA = 0.0  # DDIM eta: 0 is deterministic
 SEED = 0  # the command line's seed (the API draws one at random when seed is None, and reports it)
 

@@ -23,10 +23,9 @@ from tqdm.auto import tqdm
 
 from . import defaults
 from .checks import check_finite, check_image_size, check_whole, short
-from .ddim import DDIM, TRAIN_STEPS, guided
+from .ddim import TRAIN_STEPS, guided
 from .files import atomic_write
 from .images import load_image, to_tensor
-from .layers import size_conditioning
 
 METHODS = ("null-text", "negative-prompt", "ddim", "direct")
 META_KEY = "minip2p_inversion"
@@ -59,10 +58,9 @@ class Inversion:
 
     def check(self, pipe, prompt: str):
         """An error unless this inversion fits the model and the source prompt it is used with."""
-        cfg = pipe.config
-        latent = (1, cfg.unet.in_channels)
-        nulls = (cfg.text.max_length, cfg.unet.context_dim)
-        pooled = None if cfg.text_2 is None else (1, cfg.text_2.projection_dim)
+        latent = (1, pipe.config.vae.z_channels)
+        nulls, pooled_width = pipe.context_shape
+        pooled = None if pooled_width is None else (1, pooled_width)
         own_pooled = None if self.null_pooled is None else tuple(self.null_pooled.shape)
         if (
             tuple(self.latent.shape[:2]) != latent
@@ -204,13 +202,18 @@ def invert(
     stop = check_whole(inner_steps, "inner_steps", 0), early_stop
     steps_offset = check_whole(steps_offset, "steps_offset", 0, 1)
     image = checked_image(pipe, image)
-    ddim = DDIM(steps, steps_offset, pipe.config.prediction)
+    if pipe.config.family.startswith("sd3") and method not in ("ddim", "direct"):
+        raise ValueError(
+            f"method {method!r}: SD3 inverts by the Euler steps run backwards, method='ddim' (plain) or "
+            "'direct' (Direct Inversion: the source reconstructs exactly)"
+        )
+    ddim = pipe.scheduler(steps, steps_offset)
     (cond, pooled), (null, null_pooled) = pipe.encode_text([prompt]), pipe.encode_negative(None)
     if method == "negative-prompt":
         null, null_pooled = cond, pooled
     height, width = image.shape[2:]
     y_cond, y_null = (
-        None if p is None else size_conditioning(p, height, width) for p in (pooled, null_pooled)
+        None if p is None else pipe.added_conditioning(p, height, width) for p in (pooled, null_pooled)
     )
     trajectory = ddim_inversion(pipe, ddim, pipe.encode(image), cond, y_cond, progress)
     if method == "null-text":
@@ -253,7 +256,7 @@ def checked_image(pipe, image) -> torch.Tensor:
 def ddim_inversion(pipe, ddim, x, cond, y, progress) -> list:
     """x_0 -> [x_0, x_1, ..., x_T]: the DDIM update run backwards with the conditional prediction."""
     trajectory = [x]
-    for t in tqdm(ddim.timesteps.flip(0), desc="DDIM inversion", disable=not progress, leave=False):
+    for t in tqdm(ddim.inverse_timesteps, desc="inversion", disable=not progress, leave=False):
         x = ddim.inverse_step(pipe.predict(x, t, cond, y=y), t, x)
         trajectory.append(x)
     return trajectory

@@ -9,6 +9,7 @@ from . import checkpoint as ckpt
 from .checks import check_device, check_dtype
 from .diffusers_folder import read_diffusers_folder
 from .pipeline import Pipeline, choose_vae_dtype
+from .sd3_loading import is_sd3, load_sd3
 from .text import TOKENIZER_DIR, build_text_encoder, load_tokenizer
 from .unet import UNet
 from .vae import VAE
@@ -21,12 +22,17 @@ def load(
     dtype=torch.float32,
     vae_dtype: torch.dtype | None = None,
     prediction: str | None = None,
+    text_encoders=None,
+    tokenizers=None,
 ) -> Pipeline:
-    """Load a model: a single-file .safetensors (SD1.x, SD2.x, SDXL base, or ours), or a diffusers folder.
+    """Load a model: a single-file .safetensors (SD1.x, SD2.x, SDXL base, SD3 / SD3.5, or ours), or a
+    diffusers folder.
 
     path=None loads the bundled shapes-world model. `dtype` is the UNet's and text encoders'; `vae_dtype` the
     VAE's (see `Pipeline.to`). `prediction` ("epsilon" or "v") overrides what the file says or implies:
-    v-prediction (SD2 768-v models) is not visible in the weights.
+    v-prediction (SD2 768-v models) is not visible in the weights. SD3 only: `text_encoders`, a folder with
+    the text encoders a file lacks (clip_l.safetensors, clip_g.safetensors, t5xxl_fp16.safetensors);
+    `tokenizers`, a folder with T5's tokenizer (tokenizer_3/; the CLIPs' ship with minip2p).
     """
     device, dtype = check_device(device), check_dtype(dtype)
     vae_dtype = None if vae_dtype is None else check_dtype(vae_dtype)
@@ -36,9 +42,15 @@ def load(
         cfg, parts, tokenizer_dirs = read_diffusers_folder(path, prediction)
     else:
         tensors, meta = ckpt.read_safetensors(path)
+        if is_sd3(tensors):
+            if prediction is not None:
+                raise ValueError(f"prediction={prediction!r}: SD3 predicts a velocity (flow matching)")
+            return load_sd3(path, tensors, device, dtype, vae_dtype, text_encoders, tokenizers)
         cfg = ckpt.infer_config(tensors, meta, path, prediction)
         parts = ckpt.split_parts(tensors, cfg)
         del tensors
+    if text_encoders is not None or tokenizers is not None:
+        raise ValueError(f"text_encoders, tokenizers: only SD3 files take them; {path} is {cfg.family}'s")
     text_cfgs = {"text": cfg.text, "text_2": cfg.text_2} if cfg.text_2 else {"text": cfg.text}
     with torch.device("meta"):  # every part is checked against the file before any memory is taken
         models = {"unet": UNet(cfg.unet), "vae": VAE(cfg.vae)}

@@ -51,6 +51,29 @@ def self_max_tokens(fraction: float, latent_hw: tuple) -> int:
     return max(h * w, defaults.SELF_MIN_TOKENS)
 
 
+def check_places(places, what: str):
+    """None (every place), or `Place.where` names and MM-DiT block numbers -> a frozenset, checked."""
+    if places is None:
+        return None
+    items = [places] if isinstance(places, (str, int)) else places
+    try:
+        items = frozenset(items)
+    except TypeError:
+        items = frozenset([None])
+    names = {"down", "mid", "up", "early", "middle", "late"}
+    if not items or not all(p in names or (type(p) is int and p >= 0) for p in items):
+        raise ValueError(
+            f"{what} must be None (every place) or a list of {sorted(names)} and block numbers >= 0, "
+            f"not {places!r}"
+        )
+    return items
+
+
+def chosen(place: Place, places) -> bool:
+    """Whether a place is among the chosen ones (None: all): by its `where`, or its MM-DiT block."""
+    return places is None or place.where in places or place.layer in places
+
+
 def cross_windows(prompts, tokenizer, cross_replace_steps) -> list:
     """cross_replace_steps (a fraction, a (start, end) pair, or a dict {word: fraction or pair, "default_":
     ...} giving words of the target prompts their own window) -> [(target, token positions or None for all,
@@ -99,6 +122,8 @@ class Edit(Controller):
         local_blend: LocalBlend | None = None,
         self_max_fraction: float = defaults.SELF_MAX_FRACTION,
         store: AttentionStore | None = None,
+        cross_places=None,
+        self_places=None,
     ):
         if len(prompts) < 2:
             raise ValueError("an edit needs the source prompt and at least one target prompt")
@@ -110,6 +135,9 @@ class Edit(Controller):
         self.self_window = check_window(self_replace_steps, "self_replace_steps")
         self.cross_windows = cross_windows(self.prompts, tokenizer, cross_replace_steps)
         self.local_blend, self.store, self.self_max_fraction = local_blend, store, self_max_fraction
+        # the places whose maps are replaced: None, all; else `Place.where` names or MM-DiT block numbers
+        self.cross_places = check_places(cross_places, "cross_places")
+        self.self_places = check_places(self_places, "self_places")
         if local_blend is not None:
             check_blend_words(local_blend.words, self.prompts)
             check_blend_words(local_blend.subtract or [], self.prompts, "LocalBlend subtract")
@@ -139,30 +167,40 @@ class Edit(Controller):
     def before_step(self, i):
         self.step = i
 
+    def replaces_cross(self, place: Place) -> bool:
+        return place.is_cross and chosen(place, self.cross_places)
+
     def replaces_self(self, place: Place) -> bool:
+        """Image x image maps in the window; the UNet's up to the size cap (the MM-DiT's are of one size)."""
         return (
             not place.is_cross
-            and place.tokens(self.latent_hw) <= self.self_max_tokens
+            and place.part != "text->image"
+            and (place.part == "image->image" or place.tokens(self.latent_hw) <= self.self_max_tokens)
+            and chosen(place, self.self_places)
             and self.self_steps[0] <= self.step < self.self_steps[1]
         )
 
+    def reads_blend(self, place: Place) -> bool:
+        return self.local_blend is not None and self.local_blend.reads(place)
+
     def wants(self, place):
         return (
-            place.is_cross
+            self.replaces_cross(place)
             or self.replaces_self(place)
+            or self.reads_blend(place)
             or (self.store is not None and self.store.wants(place))
         )
 
     def __call__(self, attn, place):
         cond = conditional_half(attn, place.heads)  # (P, heads, n, m), a view: edits write into attn
         base, target = cond[0], cond[1:]
-        if place.is_cross:
+        if self.replaces_cross(place):
             alpha = self.alphas[self.step][:, None, None, :]  # (P-1, 1, 1, 77)
             cond[1:] = self.replace_cross(base, target) * alpha + target * (1 - alpha)
         elif self.replaces_self(place):
             cond[1:] = base.expand_as(target)
         # the maps actually used are the ones stored and blended on (as in the official code)
-        if self.local_blend is not None and self.local_blend.reads(place):
+        if self.reads_blend(place):
             self.blend_maps.append(cond.mean(1))
         if self.store is not None:
             self.store(attn, place)
@@ -275,6 +313,8 @@ def make_edit(
     blend=None,
     reweight: dict | None = None,
     store: AttentionStore | None = None,
+    cross_places=None,
+    self_places=None,
 ) -> Edit:
     """The edit two prompts ask for (see `Pipeline.edit`). Every word and setting is checked here, before any
     sampling."""
@@ -291,6 +331,8 @@ def make_edit(
         self_max_fraction=self_max_fraction,
         local_blend=local_blend,
         store=store,
+        cross_places=cross_places,
+        self_places=self_places,
     )
     if not reweight:
         return EDITS[kind](prompts, tokenizer, **settings)

@@ -10,9 +10,10 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import defaults, sampling
 from .checks import check_device, check_dtype, check_prompt_tokens, check_prompts
-from .ddim import denoise
+from .ddim import DDIM, denoise
 from .images import to_pil, to_tensor
 from .inversion import Inversion, invert
+from .layers import size_conditioning
 from .p2p import make_edit
 from .text import encode_text, tokenize
 from .unet import UNet
@@ -68,18 +69,23 @@ class Pipeline:
     def place(self, device, dtype, vae_dtype):
         """`to` with its arguments checked (and the VAE's dtype chosen) -> self."""
         text = [(e, dtype) for e, _, _ in self.encoders()]
-        for m, d in [(self.unet, dtype), *text, (self.vae, vae_dtype)]:
+        for m, d in [(self.denoiser, dtype), *text, (self.vae, vae_dtype)]:
             m.to(device=device, dtype=d).eval().requires_grad_(False)
         return self
 
     @property
+    def denoiser(self):
+        """The network sampling calls: the UNet (SD3: the MM-DiT)."""
+        return self.unet
+
+    @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        return next(self.denoiser.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
         """The UNet's and text encoder's dtype (the sampler's arithmetic is fp32 whatever it is)."""
-        return next(self.unet.parameters()).dtype
+        return next(self.denoiser.parameters()).dtype
 
     @property
     def vae_dtype(self) -> torch.dtype:
@@ -94,6 +100,24 @@ class Pipeline:
         """The default guidance: SD's 7.5, SDXL's 5.0 (diffusers' pipelines)."""
         sdxl = self.config.family == "sdxl"
         return defaults.SDXL_GUIDANCE_SCALE if sdxl else defaults.GUIDANCE_SCALE
+
+    @property
+    def default_steps(self) -> int:
+        return defaults.STEPS
+
+    def scheduler(self, steps: int, steps_offset: int = 1, eta: float = 0.0):
+        """The sampler of `steps` steps (checked): DDIM with the model's prediction."""
+        return DDIM(steps, steps_offset, self.config.prediction, eta)
+
+    def added_conditioning(self, pooled, height, width, sizes=(None, (0, 0), None)):
+        """The model's y for (B, P) pooled text embeddings: SDXL's, with the image sizes."""
+        return size_conditioning(pooled, height, width, *sizes)
+
+    @property
+    def context_shape(self) -> tuple:
+        """(tokens, width) of one prompt's context; the pooled width (None: no pooled embedding)."""
+        cfg = self.config
+        return (cfg.text.max_length, cfg.unet.context_dim), getattr(cfg.text_2, "projection_dim", None)
 
     @property
     def pixels_per_cell(self) -> int:
@@ -133,7 +157,7 @@ class Pipeline:
 
     def latent_shape(self, height: int, width: int) -> tuple:
         cell = self.pixels_per_cell
-        return (self.config.unet.in_channels, height // cell, width // cell)
+        return (self.config.vae.z_channels, height // cell, width // cell)
 
     def initial_latent(self, seed: int, height: int, width: int) -> torch.Tensor:
         """One (1, C, h, w) noise latent for a seed, drawn on the CPU: the same on every device."""
@@ -170,12 +194,13 @@ class Pipeline:
         """The UNet's prediction for fp32 latents x at timestep t, in fp32: the model runs in its own dtype,
         the sampler's arithmetic (guidance, the DDIM update, LocalBlend) stays in fp32 whatever that is.
         y: SDXL's added conditioning (`added_conditioning`)."""
-        return self.unet(x.to(self.dtype), t.to(self.device), context, controller, y).float()
+        return self.denoiser(x.to(self.dtype), t.to(self.device), context, controller, y).float()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """UNet-space latents -> images (B, 3, H, W) in [-1, 1], in the VAE's dtype."""
-        latents = latents.float() / self.config.vae.scale_factor
+        vae = self.config.vae
+        latents = latents.float() / vae.scale_factor + vae.shift_factor
         return self.vae.decode(latents.to(self.device, self.vae_dtype))
 
     @torch.no_grad()
@@ -184,7 +209,7 @@ class Pipeline:
         if not isinstance(images, torch.Tensor):
             images = to_tensor(images)
         latents = self.vae.encode(images.to(self.device, self.vae_dtype))[0]
-        return latents.float() * self.config.vae.scale_factor
+        return (latents.float() - self.config.vae.shift_factor) * self.config.vae.scale_factor
 
     def generate(self, prompts, *, output: str = "pil", **options):
         """Text to image, one image per prompt, all from the same initial noise (`sample`'s options; 50 steps

@@ -18,9 +18,8 @@ from .checks import (
     check_size_pair,
     check_whole,
 )
-from .ddim import DDIM, TRAIN_STEPS, Guidance
+from .ddim import TRAIN_STEPS, Guidance
 from .inversion import Inversion
-from .layers import size_conditioning
 
 
 @dataclass(frozen=True)
@@ -29,11 +28,11 @@ class Options:
 
     seed: int | None = None  # the start noise (None: drawn at random and reported on stderr)
     generator: torch.Generator | None = None  # or draw the start noise (and eta's) from this generator
-    steps: int | None = None  # DDIM steps (None: 50)
-    guidance_scale: float | None = None  # classifier-free guidance (None: 7.5; SDXL 5.0)
+    steps: int | None = None  # sampling steps (None: 50 DDIM steps; SD3: 28 Euler steps)
+    guidance_scale: float | None = None  # classifier-free guidance (None: 7.5; SDXL 5.0; SD3 7.0)
     height: int | None = None  # image size in pixels (None: the model's)
     width: int | None = None
-    negative_prompt: str | None = None  # the unconditional half (None: "" for SD, zeros for SDXL)
+    negative_prompt: str | None = None  # the unconditional half (None: "" for SD and SD3, zeros for SDXL)
     latents: torch.Tensor | None = None  # (1 or B, C, h, w) start latents instead of a seed's noise
     controller: Controller | None = None  # an edit or an AttentionStore, called at every attention
     progress: bool = True  # a tqdm progress bar
@@ -53,7 +52,7 @@ OPTIONS = {f.name for f in fields(Options)}
 class Plan:
     """What `ddim.denoise` runs, every input checked."""
 
-    ddim: DDIM
+    ddim: object  # the sampler: ddim.DDIM, or flow.FlowMatchEuler for SD3
     latents: torch.Tensor  # (B, C, h, w) fp32 start latents, one noise shared by all prompts
     guidance: Guidance
     controller: Controller
@@ -68,9 +67,11 @@ def plan(pipe, prompts, o: Options) -> Plan:
     if inv is not None:
         inv.check(pipe, prompts[0])
         steps, scale, offset, latents = inv.settings(steps, scale, o.negative_prompt)
-    steps = check_whole(defaults.STEPS if steps is None else steps, "steps", 1, TRAIN_STEPS)
+    steps = check_whole(pipe.default_steps if steps is None else steps, "steps", 1, TRAIN_STEPS)
     scale = check_finite(pipe.guidance_scale if scale is None else scale, "guidance")
     eta = check_range(o.eta, "eta", 0.0, 1.0)
+    if eta and pipe.config.family.startswith("sd3"):
+        raise ValueError("eta: flow matching (SD3) samples deterministically; leave eta at 0")
     if inv is not None:
         height, width = (s * pipe.pixels_per_cell for s in latents.shape[2:])
     else:
@@ -87,12 +88,12 @@ def plan(pipe, prompts, o: Options) -> Plan:
     y = None
     if pooled is not None:
         y = torch.cat([null_pooled.to(pooled).expand_as(pooled), pooled])
-        y = size_conditioning(y, height, width, *sizes)
+        y = pipe.added_conditioning(y, height, width, sizes)
     noise = None if eta == 0 else lambda: torch.randn(x.shape, generator=generator).to(x)
     sources = None if inv is None or inv.method != "direct" else inv.trajectory.flip(0)[1:].to(x)
     controller = o.controller or Controller()  # with no controller, its hooks do nothing
     controller.start(steps, x.shape[2:], pipe.device)
-    ddim, guidance = DDIM(steps, offset, pipe.config.prediction, eta), Guidance(cond, nulls, scale, y)
+    ddim, guidance = pipe.scheduler(steps, offset, eta), Guidance(cond, nulls, scale, y)
     return Plan(ddim, x, guidance, controller, noise, sources)
 
 
@@ -106,7 +107,7 @@ def micro_conditioning(pipe, o: Options) -> tuple:
     )
     if sizes != (None, (0, 0), None):
         names = "original_size, crops_coords_top_left, target_size"
-        if pipe.config.text_2 is None:
+        if pipe.config.family != "sdxl":
             raise ValueError(f"{names}: only SDXL takes them (micro-conditioning)")
         if o.inversion is not None:
             raise ValueError(

@@ -14,14 +14,20 @@ class AttentionStore(Controller):
 
     self_max_tokens: self-attention maps are kept only up to this many queries (a 64x64 map is 4096^2 floats);
     downsamples: keep only places whose maps are this many times smaller than the latent (None: all);
-    per_step / per_head: keep every
-    step's maps / every head, for research."""
+    per_step / per_head: keep every step's maps / every head, for research; text_to_image: on an MM-DiT, keep
+    the prompt tokens' maps over the image too (joint attention's other direction). Maps are stored under
+    `Place.name` (an MM-DiT's: "joint_blocks.N.x_block.attn:image->text")."""
 
     def __init__(
-        self, self_max_tokens=defaults.STORE_SELF_MAX_TOKENS, downsamples=None, per_step=False, per_head=False
+        self,
+        self_max_tokens=defaults.STORE_SELF_MAX_TOKENS,
+        downsamples=None,
+        per_step=False,
+        per_head=False,
+        text_to_image=True,
     ):
         self.self_max_tokens, self.downsamples = self_max_tokens, downsamples
-        self.per_step, self.per_head = per_step, per_head
+        self.per_step, self.per_head, self.text_to_image = per_step, per_head, text_to_image
         self.start(0, (0, 0))
 
     def start(self, steps, latent_hw, device=None):
@@ -31,13 +37,15 @@ class AttentionStore(Controller):
     def wants(self, place: Place) -> bool:
         if self.downsamples is not None and place.downsample not in self.downsamples:
             return False
+        if place.part == "text->image":
+            return self.text_to_image
         return place.is_cross or place.tokens(self.latent_hw) <= self.self_max_tokens
 
     def __call__(self, attn, place):
         if self.wants(place):
             cond = conditional_half(attn, place.heads)
-            self.current[place.key] = cond.clone() if self.per_head else cond.mean(1)
-            self.places[place.key] = place
+            self.current[place.name] = cond.clone() if self.per_head else cond.mean(1)
+            self.places[place.name] = place
         return attn
 
     def after_step(self, i, latents):
@@ -56,27 +64,35 @@ class AttentionStore(Controller):
         h = self.latent_hw[0]
         return sorted({h // p.downsample for p in self.places.values() if p.is_cross == is_cross})
 
-    def keys(self, res=None, places=("down", "mid", "up"), is_cross=True) -> list:
-        """Stored place keys whose map height is res (latent cells), in the given UNet parts."""
+    def keys(self, res=None, places=None, is_cross=True, part=None) -> list:
+        """Stored keys whose map height is res (latent cells), at the given places (None: all; else
+        `Place.where` names, "down"/"mid"/"up" or "early"/"middle"/"late", and MM-DiT block numbers); `part`:
+        only that part of the MM-DiT's joint maps (its text->image maps are kept only under that name)."""
         h = self.latent_hw[0]
         return [
             k
             for k, p in self.places.items()
-            if p.is_cross == is_cross and p.where in places and (res is None or h // p.downsample == res)
+            if p.is_cross == is_cross
+            and (places is None or p.where in places or p.layer in places)
+            and (res is None or h // p.downsample == res)
+            and (p.part == part if part is not None else p.part != "text->image")
         ]
 
-    def aggregate(self, res: int, places=("down", "mid", "up"), is_cross: bool = True) -> torch.Tensor:
-        """Mean map over steps, heads and the chosen places at one size -> (prompts, res, res', keys)."""
-        keys = self.keys(res, places, is_cross)
+    def aggregate(self, res: int, places=None, is_cross: bool = True, part=None) -> torch.Tensor:
+        """Mean map over steps, heads and the chosen places at one size -> (prompts, res, res', keys).
+        part="text->image" (MM-DiT): each prompt token's map over the image, laid out the same way."""
+        keys = self.keys(res, places, is_cross and part != "text->image", part)
         if not keys:
-            kind = "cross" if is_cross else "self"
+            kind = part or ("cross" if is_cross else "self")
             raise ValueError(
-                f"no stored {kind}-attention maps at resolution {res} in {places}; "
+                f"no stored {kind}-attention maps at resolution {res} in {places or 'any place'}; "
                 f"stored resolutions: {self.resolutions(is_cross)}"
             )
         d = self.places[keys[0]].downsample
         h, w = self.latent_hw[0] // d, self.latent_hw[1] // d
         maps = torch.stack([self.mean(k).mean(1) if self.per_head else self.mean(k) for k in keys]).mean(0)
+        if part == "text->image":
+            maps = maps.transpose(1, 2)  # (prompts, 77, image) -> (prompts, image, 77)
         return maps.reshape(maps.shape[0], h, w, maps.shape[-1])
 
     def save_npz(self, path):

@@ -172,3 +172,71 @@ def ldm_config(cfg: ModelConfig) -> dict:
         "first_stage_config": first_stage,
     }
     return {"model": {"params": params}}
+
+
+def small_sd3_config(family: str = "sd3.5", t5: bool = True):
+    """An SD3- or SD3.5-shaped config, narrow: 4 joint blocks of 2 heads (64 channels each), SD3.5 with q/k
+    norms and dual attention in its first two blocks; CLIPs of 64 channels (one head: the loader reads 64
+    per head), a context 160 wide (the CLIPs' 128, zero-padded), a small T5; 128x128 images."""
+    from .mmdit import MMDiTConfig
+    from .sd3 import SD3Config, T5Settings, clip_g, clip_l
+
+    sd35 = family == "sd3.5"
+    mmdit = MMDiTConfig(4, 128, 2, 2, 16, 160, 64, 16, sd35, (0, 1) if sd35 else ())
+    narrow = dict(hidden_size=64, intermediate_size=128, num_layers=3, num_heads=1, projection_dim=32)
+    t5_cfg = (
+        T5Settings(vocab_size=200, d_model=160, d_kv=32, d_ff=96, num_layers=2, num_heads=2) if t5 else None
+    )
+    vae = VAEConfig(ch=32, z_channels=16, scale_factor=1.5305, shift_factor=0.0609, quant_conv=False)
+    return SD3Config(
+        family,
+        mmdit,
+        vae,
+        replace(clip_l(), **narrow),
+        replace(clip_g(), **narrow),
+        t5_cfg,
+        image_size=128,
+    )
+
+
+def random_sd3_checkpoint(cfg, seed: int = 0, text_inside: bool = True) -> dict:
+    """An SD3 single file's state dict with random weights: the MM-DiT, the VAE and (text_inside) the text
+    encoders under Stability's prefixes; else the text encoders alone are returned under "text_encoders/"
+    file names (clip_l.safetensors, ...), as Stability ships them apart."""
+    from .mmdit import MMDiT
+    from .sd3 import build_t5
+    from .sd3_loading import TEXT_FILES, TEXT_PREFIXES
+
+    with torch.device("meta"):
+        models = {"mmdit": MMDiT(cfg.mmdit), "vae": VAE(cfg.vae)}
+        models.update(text=build_text_encoder(cfg.text), text_2=build_text_encoder(cfg.text_2))
+        if cfg.t5 is not None:
+            models["t5"] = build_t5(cfg.t5)
+    states = {name: random_state(m, seed + i) for i, (name, m) in enumerate(models.items())}
+    if "t5" in states:
+        states["t5"].pop("encoder.embed_tokens.weight")  # tied to shared.weight: files keep one
+    sd = {UNET_PREFIX + k: v for k, v in states.pop("mmdit").items()}
+    sd.update({VAE_PREFIX + k: v for k, v in states.pop("vae").items()})
+    if not text_inside:
+        return {"model": sd, **{TEXT_FILES[n]: s for n, s in states.items()}}
+    for name, state in states.items():
+        sd.update({TEXT_PREFIXES[name] + k: v for k, v in state.items()})
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def write_t5_tokenizer(folder, words) -> None:
+    """A tiny T5-style tokenizer (word level: <pad> 0, </s> 1, <unk> 2, then `words`), appending </s> as T5's
+    does, saved as `folder/tokenizer.json` (+ its config) the way a T5 tokenizer folder holds it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+    fast.save_pretrained(str(folder))

@@ -24,6 +24,8 @@ class VAEConfig:
     z_channels: int = 4  # latent channels
     norm_groups: int = 32  # GroupNorm groups everywhere (eps 1e-6)
     scale_factor: float = 0.18215  # latents are multiplied by this before the UNet sees them
+    shift_factor: float = 0.0  # ...after this is taken off (SD3: 0.0609)
+    quant_conv: bool = True  # the 1x1 convs around the latent (SD3's VAE has none)
     upcast: bool = False  # activations pass float16's 65504 (SDXL's VAE): it runs in fp32 under a fp16 model
 
     @property
@@ -152,14 +154,16 @@ class VAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
-        self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.z_channels, 1)
-        self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 1)
+        if cfg.quant_conv:
+            self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.z_channels, 1)
+            self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 1)
 
     def encode(self, x):
         """Image (B, 3, H, W) in [-1, 1] -> (mean, logvar), each (B, z, H/f, W/f), unscaled."""
-        mean, logvar = self.quant_conv(self.encoder(x)).chunk(2, dim=1)
+        h = self.encoder(x)
+        mean, logvar = (self.quant_conv(h) if self.cfg.quant_conv else h).chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
     def decode(self, z):
         """Unscaled latent (B, z, h, w) -> image (B, 3, h*f, w*f), nominally in [-1, 1]."""
-        return self.decoder(self.post_quant_conv(z))
+        return self.decoder(self.post_quant_conv(z) if self.cfg.quant_conv else z)

@@ -86,13 +86,16 @@ def cross_attention_grid(
     tokenizer,
     index: int = 0,
     image=None,
-    places=("down", "mid", "up"),
+    places=None,
     tile=128,
+    part=None,
 ) -> Image.Image:
     """One tile per token of `prompt` (start and end tokens included), captioned with its word: where each
     token looks, the mean cross-attention map at resolution `res` of prompt number `index` in the batch the
-    store watched, each tile scaled to its own maximum (the colour bar below)."""
-    maps = store.aggregate(res, places, True)[index]  # (res, res', 77)
+    store watched, each tile scaled to its own maximum (the colour bar below). places: None (all), or
+    `Place.where` names and MM-DiT block numbers; part="text->image" (MM-DiT): where each token is looked
+    at from, the other direction of joint attention."""
+    maps = store.aggregate(res, places, True, part)[index]  # (res, res', 77)
     ids = token_ids(tokenizer, prompt)
     words = ["<start>"] + [tokenizer.decode([t]).strip() for t in ids[1:-1]] + ["<end>"]
     tiles = [heatmap(maps[..., i], (tile, tile), image) for i in range(len(ids))]
@@ -100,9 +103,7 @@ def cross_attention_grid(
     return with_scale(grid, f"attention, as a share of each tile's maximum ({res}x{res} maps)", tile)
 
 
-def self_attention_components(
-    store, res: int, n: int = 10, index: int = 0, places=("down", "mid", "up"), tile=128
-):
+def self_attention_components(store, res: int, n: int = 10, index: int = 0, places=None, tile=128):
     """The top n principal components (SVD) of the mean self-attention map at resolution `res`: the image
     regions that attend alike."""
     maps = store.aggregate(res, places, False)[index]  # (h, w, h*w)

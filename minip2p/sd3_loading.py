@@ -1,0 +1,237 @@
+"""Loading Stable Diffusion 3 / 3.5 single files (Stability's layout): the MM-DiT under
+`model.diffusion_model.`, the VAE under `first_stage_model.`, and the text encoders inside the file
+(`text_encoders.clip_l/clip_g/t5xxl.transformer.`) or given apart (a folder holding `clip_l.safetensors`,
+`clip_g.safetensors`, `t5xxl_fp16.safetensors`, as Stability's `text_encoders/`). No file holds a tokenizer:
+the CLIPs' BPE ships with minip2p (it is SD1's), T5's comes from a folder the user names. The config is read
+from the keys' shapes; every part is checked against the model built from it before any memory is taken.
+"""
+
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from . import checkpoint as ckpt
+from .checks import check_whole
+from .config import CheckpointError
+from .mmdit import MMDiT, config_from_keys
+from .sd3 import SD3Config, SD3Pipeline, T5Settings, build_t5, clip_g, clip_l
+from .text import TOKENIZER_DIR, build_text_encoder, load_tokenizer
+from .vae import VAE, VAEConfig
+
+TEXT_PREFIXES = {
+    "text": "text_encoders.clip_l.transformer.",
+    "text_2": "text_encoders.clip_g.transformer.",
+    "t5": "text_encoders.t5xxl.transformer.",
+}
+TEXT_FILES = {"text": "clip_l.safetensors", "text_2": "clip_g.safetensors", "t5": "t5xxl_fp16.safetensors"}
+NAMES = {
+    "mmdit": "MM-DiT",
+    "vae": "VAE",
+    "text": "CLIP-L text encoder",
+    "text_2": "CLIP-G text encoder",
+    "t5": "T5 text encoder",
+}
+# the largest sizes built from a file's shapes (SD3.5 Large fits with room to spare)
+LIMITS = dict(depth=(1, 64), hidden_size=(1, 8192), patch_size=(1, 8), in_channels=(1, 64))
+LIMITS.update(context_dim=(1, 16384), pooled_dim=(1, 16384), pos_embed_max_size=(1, 1024))
+
+
+def is_sd3(tensors) -> bool:
+    return any(k.startswith(ckpt.UNET_PREFIX + "joint_blocks.") for k in tensors)
+
+
+def strip(tensors, prefix) -> dict:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def read_parts(path, tensors, text_encoders) -> dict:
+    """The file's parts, prefixes stripped; text encoders the file lacks from the `text_encoders` folder."""
+    vae = {k: v for k, v in strip(tensors, ckpt.VAE_PREFIX).items() if not k.startswith("loss.")}
+    parts = {"mmdit": strip(tensors, ckpt.UNET_PREFIX), "vae": vae}
+    parts.update({name: strip(tensors, prefix) for name, prefix in TEXT_PREFIXES.items()})
+    if not vae:
+        raise CheckpointError(
+            f"{path} holds an SD3 MM-DiT but no VAE ({ckpt.VAE_PREFIX}...): give the whole file"
+        )
+    if text_encoders is not None:
+        folder = Path(text_encoders)
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"text_encoders={folder}: not a folder (expected clip_l.safetensors, ...)"
+            )
+        for name, file in TEXT_FILES.items():
+            if not parts[name] and (folder / file).exists():
+                parts[name] = ckpt.read_safetensors(folder / file)[0]
+    if not parts["text"] or not parts["text_2"]:
+        raise CheckpointError(
+            f"{path} holds no CLIP text encoders ({TEXT_PREFIXES['text']}..., {TEXT_PREFIXES['text_2']}...): "
+            "pass text_encoders=FOLDER holding clip_l.safetensors and clip_g.safetensors (and "
+            "t5xxl_fp16.safetensors), Stability's text_encoders/ folder"
+        )
+    t5 = parts["t5"]
+    if t5 and "encoder.embed_tokens.weight" not in t5 and "shared.weight" in t5:
+        t5["encoder.embed_tokens.weight"] = t5["shared.weight"]  # tied: files keep one copy
+    return parts
+
+
+def shape_of(shapes, key, path, what):
+    if key not in shapes:
+        raise CheckpointError(f"{path}: the {what} lacks {key}: the file is incomplete or not SD3's")
+    return shapes[key]
+
+
+def count(shapes, prefix) -> int:
+    """1 + the largest N of the keys `prefix.N....` (0 if none)."""
+    numbers = [k[len(prefix) :].split(".")[0] for k in shapes if k.startswith(prefix)]
+    return 1 + max((int(n) for n in numbers if n.isdigit()), default=-1)
+
+
+def clip_config(sd, path, base, what):
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    vocab, hidden = shape_of(shapes, "text_model.embeddings.token_embedding.weight", path, what)
+    base.vocab_size, base.hidden_size = vocab, hidden
+    base.max_length = shape_of(shapes, "text_model.embeddings.position_embedding.weight", path, what)[0]
+    base.intermediate_size = shape_of(shapes, "text_model.encoder.layers.0.mlp.fc1.weight", path, what)[0]
+    base.num_layers = count(shapes, "text_model.encoder.layers.")
+    base.num_heads = max(1, hidden // 64)  # 64 channels per head in CLIP-L and bigG (not in the weights)
+    base.projection_dim = shape_of(shapes, "text_projection.weight", path, what)[0]
+    return base
+
+
+def t5_config(sd, path) -> T5Settings | None:
+    if not sd:
+        return None
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    what = NAMES["t5"]
+    vocab, width = shape_of(shapes, "shared.weight", path, what)
+    block = "encoder.block.0.layer."
+    inner = shape_of(shapes, block + "0.SelfAttention.q.weight", path, what)[0]
+    heads = shape_of(shapes, block + "0.SelfAttention.relative_attention_bias.weight", path, what)[1]
+    d_ff = shape_of(shapes, block + "1.DenseReluDense.wi_0.weight", path, what)[0]
+    layers = count(shapes, "encoder.block.")
+    return T5Settings(vocab, width, inner // max(heads, 1), d_ff, layers, heads)
+
+
+def vae_config(sd, path) -> VAEConfig:
+    """SD3's VAE (16 channels, no quant convs) from its shapes: width, levels, blocks per level."""
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    ch = shape_of(shapes, "encoder.conv_in.weight", path, "VAE")[0]
+    levels = count(shapes, "encoder.down.")
+    mult = tuple(
+        shape_of(shapes, f"encoder.down.{i}.block.0.conv2.weight", path, "VAE")[0] // ch
+        for i in range(levels)
+    )
+    z = shape_of(shapes, "decoder.conv_in.weight", path, "VAE")[1]
+    return VAEConfig(
+        ch,
+        mult,
+        count(shapes, "encoder.down.0.block."),
+        3,
+        z,
+        32,
+        1.5305,
+        0.0609,
+        "quant_conv.weight" in shapes,
+    )
+
+
+def sd3_config(path, parts) -> SD3Config:
+    """The model's config from its parts' shapes, checked: sizes in range, widths that fit each other."""
+    shapes = {k: tuple(v.shape) for k, v in parts["mmdit"].items()}
+    for key in ("x_embedder.proj.weight", "context_embedder.weight", "y_embedder.mlp.0.weight", "pos_embed"):
+        shape_of(shapes, key, path, NAMES["mmdit"])
+    mmdit = config_from_keys(shapes)
+    for name, (low, high) in LIMITS.items():
+        check_whole(getattr(mmdit, name), f"{path}: MM-DiT {name}", low, high)
+    text = clip_config(parts["text"], path, clip_l(), NAMES["text"])
+    text_2 = clip_config(parts["text_2"], path, clip_g(), NAMES["text_2"])
+    t5 = t5_config(parts["t5"], path)
+    cfg = SD3Config(
+        "sd3.5" if mmdit.qk_norm else "sd3", mmdit, vae_config(parts["vae"], path), text, text_2, t5
+    )
+    cfg.image_size = min(cfg.image_size, cfg.largest)  # SD3's 1024, or all a small table covers
+    if t5 is not None and t5.d_model != mmdit.context_dim:
+        raise CheckpointError(
+            f"{path}: the T5 encoder is {t5.d_model} wide, the MM-DiT reads a {mmdit.context_dim}-wide "
+            "context: give the T5 of this model (T5-XXL: 4096)"
+        )
+    if text.hidden_size + text_2.hidden_size > mmdit.context_dim:
+        raise CheckpointError(f"{path}: the CLIPs' widths add up to more than the MM-DiT's context")
+    if text.projection_dim + text_2.projection_dim != mmdit.pooled_dim:
+        raise CheckpointError(
+            f"{path}: the CLIPs' pooled widths ({text.projection_dim} + {text_2.projection_dim}) are not "
+            f"the MM-DiT's pooled input ({mmdit.pooled_dim})"
+        )
+    return cfg
+
+
+def load_tokenizers(cfg: SD3Config, path, tokenizers) -> dict:
+    """The CLIP tokenizers (the folder's tokenizer/ and tokenizer_2/, else minip2p's BPE) and T5's
+    (tokenizer_3/ of the folder, a tokenizer.json), each checked against its encoder's vocabulary."""
+    folder = None if tokenizers is None else Path(tokenizers)
+    if folder is not None and not folder.is_dir():
+        raise FileNotFoundError(f"tokenizers={folder}: not a folder (expected tokenizer_3/ for T5)")
+    out = {}
+    for name, sub, c in (("text", "tokenizer", cfg.text), ("text_2", "tokenizer_2", cfg.text_2)):
+        own = folder / sub if folder is not None and (folder / sub).is_dir() else TOKENIZER_DIR
+        out[name] = load_tokenizer(c, own)
+    if cfg.t5 is not None:
+        t5_dir = None if folder is None else folder / "tokenizer_3"
+        if t5_dir is None or not (t5_dir / "tokenizer.json").is_file():
+            raise FileNotFoundError(
+                f"{path} has a T5 encoder, and T5's tokenizer ships in no checkpoint: pass tokenizers=FOLDER "
+                "holding tokenizer_3/tokenizer.json (the diffusers SD3 repository's tokenizer_3/)"
+            )
+        out["t5"] = PreTrainedTokenizerFast.from_pretrained(str(t5_dir))
+    sizes = {"text": cfg.text.vocab_size, "text_2": cfg.text_2.vocab_size}
+    sizes.update({} if cfg.t5 is None else {"t5": cfg.t5.vocab_size})
+    for name, size in sizes.items():
+        if len(out[name]) > size:
+            raise CheckpointError(
+                f"{path}: the {NAMES[name]}'s tokenizer has {len(out[name])} tokens, it {size}"
+            )
+    return out
+
+
+def build(name, cfg: SD3Config):
+    if name == "mmdit":
+        return MMDiT(cfg.mmdit)
+    if name == "vae":
+        return VAE(cfg.vae)
+    return build_t5(cfg.t5) if name == "t5" else build_text_encoder(getattr(cfg, name))
+
+
+def load_sd3(path, tensors, device, dtype, vae_dtype, text_encoders=None, tokenizers=None) -> SD3Pipeline:
+    """An SD3 / SD3.5 single file (and its text encoders) -> SD3Pipeline on device, in dtype."""
+    parts = read_parts(path, tensors, text_encoders)
+    cfg = sd3_config(path, parts)
+    names = ["mmdit", "vae", "text", "text_2"] + ([] if cfg.t5 is None else ["t5"])
+    with torch.device("meta"):
+        for name in names:
+            prefix = ckpt.UNET_PREFIX if name == "mmdit" else ckpt.VAE_PREFIX if name == "vae" else ""
+            ckpt.check_state_dict(parts[name], build(name, cfg).state_dict(), path, NAMES[name], prefix)
+    toks = load_tokenizers(cfg, path, tokenizers)
+    models = {}
+    for name in names:
+        models[name] = build(name, cfg) if name.startswith(("text", "t5")) else build_meta(name, cfg)
+        part_dtype = vae_dtype or dtype if name == "vae" else dtype
+        models[name].load_state_dict(ckpt.cast(parts.pop(name), part_dtype), strict=True, assign=True)
+    t5 = (models["t5"], toks["t5"]) if cfg.t5 is not None else (None, None)
+    pipe = SD3Pipeline(
+        cfg,
+        models["mmdit"],
+        models["vae"],
+        models["text"],
+        toks["text"],
+        models["text_2"],
+        toks["text_2"],
+        *t5,
+    )
+    return pipe.place(device, dtype, vae_dtype or dtype)
+
+
+def build_meta(name, cfg):
+    """A model whose weights come from the file (assign=True): built on the meta device, no memory."""
+    with torch.device("meta"):
+        return build(name, cfg)
