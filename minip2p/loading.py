@@ -9,6 +9,7 @@ from . import checkpoint as ckpt
 from .checks import check_device, check_dtype
 from .diffusers_folder import read_diffusers_folder
 from .pipeline import Pipeline, choose_vae_dtype
+from .sd3_folder import is_sd3_folder, read_sd3_folder
 from .sd3_loading import is_sd3, load_sd3
 from .text import TOKENIZER_DIR, build_text_encoder, load_tokenizer
 from .unet import UNet
@@ -30,14 +31,21 @@ def load(
 
     path=None loads the bundled shapes-world model. `dtype` is the UNet's and text encoders'; `vae_dtype` the
     VAE's (see `Pipeline.to`). `prediction` ("epsilon" or "v") overrides what the file says or implies:
-    v-prediction (SD2 768-v models) is not visible in the weights. SD3 only: `text_encoders`, a folder with
-    the text encoders a file lacks (clip_l.safetensors, clip_g.safetensors, t5xxl_fp16.safetensors);
+    v-prediction (SD2 768-v models) is not visible in the weights. SD3 files only (a diffusers SD3 folder
+    holds its own): `text_encoders`, a folder with the text encoders a file lacks (clip_l.safetensors, clip_g.safetensors, t5xxl_fp16.safetensors);
     `tokenizers`, a folder with T5's tokenizer (tokenizer_3/; the CLIPs' ship with minip2p).
     """
     device, dtype = check_device(device), check_dtype(dtype)
     vae_dtype = None if vae_dtype is None else check_dtype(vae_dtype)
     path = Path(ckpt.BUNDLED_MODEL if path is None else path)
     tokenizer_dirs = {}
+    if path.is_dir() and is_sd3_folder(path):
+        if prediction is not None or text_encoders is not None or tokenizers is not None:
+            raise ValueError(
+                f"{path} is a diffusers SD3 folder: it predicts a velocity and holds its own text encoders and "
+                "tokenizers (prediction, text_encoders, tokenizers do not apply)"
+            )
+        return load_sd3(path, read_sd3_folder(path), device, dtype, vae_dtype, None, tokenizers=path)
     if path.is_dir():
         cfg, parts, tokenizer_dirs = read_diffusers_folder(path, prediction)
     else:

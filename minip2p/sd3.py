@@ -137,9 +137,10 @@ class SD3Pipeline(Pipeline):
     def encode_text(self, prompts) -> tuple:
         """Prompts -> (context (B, 77 + T5 tokens, 4096), pooled (B, 2048)), as diffusers' encode_prompt."""
         prompts, cfg = check_prompts(prompts), self.config
-        for prompt in prompts:
-            check_prompt_tokens(self.tokenizer, prompt, cfg.text.max_length)
-            if self.tokenizer_3 is not None:
+        for prompt in prompts:  # with T5, words past the CLIPs' 77 tokens reach the model through T5 alone
+            if self.tokenizer_3 is None:
+                check_prompt_tokens(self.tokenizer, prompt, cfg.text.max_length)
+            else:
                 check_prompt_tokens(self.tokenizer_3, prompt, cfg.t5_tokens)
         hidden, pooled = [], []
         for encoder, tokenizer, c in super().encoders():

@@ -72,16 +72,15 @@ class AttentionStore(Controller):
         return [
             k
             for k, p in self.places.items()
-            if p.is_cross == is_cross
+            if (p.part == part if part is not None else p.is_cross == is_cross and p.part != "text->image")
             and (places is None or p.where in places or p.layer in places)
             and (res is None or h // p.downsample == res)
-            and (p.part == part if part is not None else p.part != "text->image")
         ]
 
     def aggregate(self, res: int, places=None, is_cross: bool = True, part=None) -> torch.Tensor:
         """Mean map over steps, heads and the chosen places at one size -> (prompts, res, res', keys).
         part="text->image" (MM-DiT): each prompt token's map over the image, laid out the same way."""
-        keys = self.keys(res, places, is_cross and part != "text->image", part)
+        keys = self.keys(res, places, is_cross, part)
         if not keys:
             kind = part or ("cross" if is_cross else "self")
             raise ValueError(

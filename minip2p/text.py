@@ -97,8 +97,10 @@ def load_tokenizer(cfg: TextConfig, path=TOKENIZER_DIR) -> CLIPTokenizer:
 
 
 def tokenize(tokenizer, prompts, max_length: int = 77) -> torch.Tensor:
-    """Prompts -> (B, max_length) ids, padded (checked at the edges: none longer)."""
-    return torch.tensor(tokenizer(list(prompts), padding="max_length", max_length=max_length).input_ids)
+    """Prompts -> (B, max_length) ids, padded (checked at the edges; only SD3's CLIPs are cut at 77, as
+    diffusers does, where T5 reads the whole prompt)."""
+    ids = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True).input_ids
+    return torch.tensor(ids)
 
 
 @torch.no_grad()
