@@ -120,29 +120,33 @@ def sdxl_pipeline(path, sd: dict, cfg: ModelConfig, tokenizer, tokenizer_2) -> S
     return pipe
 
 
-def sd3_transformer(sd: dict, cfg):
-    """diffusers' SD3Transformer2DModel from an SD3 single file's state dict, through its converter."""
+def sd3_transformer(sd: dict, cfg, shared: bool = False):
+    """diffusers' SD3Transformer2DModel from an SD3 single file's state dict, through its converter. shared:
+    the model holds the given tensors where the converter keeps them (all but q, k, v: a full-size SD3.5
+    Medium fits twice in memory)."""
     from diffusers import SD3Transformer2DModel
     from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
 
     m = cfg.mmdit
-    model = SD3Transformer2DModel(
-        sample_size=cfg.image_size // 8,
-        patch_size=m.patch_size,
-        in_channels=m.in_channels,
-        num_layers=m.depth,
-        attention_head_dim=m.head_dim,
-        num_attention_heads=m.num_heads,
-        joint_attention_dim=m.context_dim,
-        caption_projection_dim=m.hidden_size,
-        pooled_projection_dim=m.pooled_dim,
-        out_channels=m.in_channels,
-        pos_embed_max_size=m.pos_embed_max_size,
-        dual_attention_layers=tuple(m.dual_attention_layers),
-        qk_norm="rms_norm" if m.qk_norm else None,
-    )
-    ckpt = {k: v.clone() for k, v in sd.items() if k.startswith(UNET_PREFIX)}
-    model.load_state_dict(convert_sd3_transformer_checkpoint_to_diffusers(ckpt), strict=True)
+    build = torch.device("meta") if shared else torch.device("cpu")
+    with build:
+        model = SD3Transformer2DModel(
+            sample_size=cfg.image_size // 8,
+            patch_size=m.patch_size,
+            in_channels=m.in_channels,
+            num_layers=m.depth,
+            attention_head_dim=m.head_dim,
+            num_attention_heads=m.num_heads,
+            joint_attention_dim=m.context_dim,
+            caption_projection_dim=m.hidden_size,
+            pooled_projection_dim=m.pooled_dim,
+            out_channels=m.in_channels,
+            pos_embed_max_size=m.pos_embed_max_size,
+            dual_attention_layers=tuple(m.dual_attention_layers),
+            qk_norm="rms_norm" if m.qk_norm else None,
+        )
+    ckpt = {k: v if shared else v.clone() for k, v in sd.items() if k.startswith(UNET_PREFIX)}
+    model.load_state_dict(convert_sd3_transformer_checkpoint_to_diffusers(ckpt), strict=True, assign=shared)
     return model.eval()
 
 

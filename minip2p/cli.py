@@ -51,9 +51,20 @@ def load_model(args):
         if name is not None and name not in DTYPES:
             raise ValueError(f"--{option.replace('_', '-')} {name}: use {', '.join(DTYPES)}")
     weights, prediction = getattr(args, "weights", None), getattr(args, "prediction", None)
+    sd3 = {k: getattr(args, k, None) for k in ("text_encoders", "tokenizers")}
     return load(
-        weights, device=args.device, dtype=args.dtype, vae_dtype=args.vae_dtype, prediction=prediction
+        weights,
+        device=args.device,
+        dtype=args.dtype,
+        vae_dtype=args.vae_dtype,
+        prediction=prediction,
+        **{k: v for k, v in sd3.items() if v is not None},
     )
+
+
+def parse_places(items):
+    """--cross-places early 3 ... -> ["early", 3] (block numbers as ints); None stays None."""
+    return None if items is None else [int(x) if x.isdigit() else x for x in items]
 
 
 def cmd_generate(args):
@@ -126,6 +137,8 @@ def cmd_edit(args):
         self_max_fraction=args.self_size,
         blend=args.blend,
         reweight=reweight or None,
+        cross_places=parse_places(args.cross_places),
+        self_places=parse_places(args.self_places),
     )
     sampling = dict(steps=args.steps, guidance_scale=args.guidance, progress=not args.quiet)
     inversion = None
@@ -145,7 +158,7 @@ def cmd_attention(args):
     out = check_output(args.out, IMAGE_SUFFIXES)  # before the model is even loaded
     pipe = load_model(args)
     latent = pipe.config.image_size // pipe.pixels_per_cell
-    sizes = sorted({latent // p.downsample for p in pipe.unet.places() if p.is_cross})
+    sizes = sorted({latent // p.downsample for p in pipe.denoiser.places() if p.is_cross})
     res = sizes[-1] if args.res is None else args.res  # the finest maps by default
     if res not in sizes:
         raise ValueError(f"--res {res}: this model's cross-attention maps are {sizes} cells wide")
@@ -166,13 +179,19 @@ def common(p, out: str):
     p.add_argument(
         "--weights", help="an SD .safetensors file or diffusers folder (default: the bundled model)"
     )
+    p.add_argument("--text-encoders", help="SD3: a folder with the text encoders the file lacks")
+    p.add_argument("--tokenizers", help="SD3: a folder with T5's tokenizer (tokenizer_3/)")
     p.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the initial noise")
-    p.add_argument("--steps", type=int, default=defaults.STEPS, help="DDIM steps")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help=f"sampling steps (default: {defaults.STEPS} DDIM steps; SD3: {defaults.SD3_STEPS} Euler steps)",
+    )
     p.add_argument(
         "--guidance",
         type=float,
         help=f"classifier-free guidance scale (default: {defaults.GUIDANCE_SCALE}; SDXL: "
-        f"{defaults.SDXL_GUIDANCE_SCALE})",
+        f"{defaults.SDXL_GUIDANCE_SCALE}; SD3: {defaults.SD3_GUIDANCE_SCALE})",
     )
     p.add_argument("--out", default=out, help="the picture to write")
     model_options(p)
@@ -254,6 +273,14 @@ def parser() -> argparse.ArgumentParser:
         help="self-attention is replaced at maps up to this fraction of the latent size (1: every size; "
         "with --image, --self 0.8 --self-size 1 hold the structure better)",
     )
+    for which in ("cross", "self"):
+        e.add_argument(
+            f"--{which}-places",
+            nargs="+",
+            metavar="PLACE",
+            help=f"only these places take the source's {which}-attention: down mid up (UNet), early middle "
+            "late (MM-DiT thirds) or block numbers (default: all)",
+        )
     e.add_argument("--image", help="edit this image (it is inverted first; --prompt must describe it)")
     e.add_argument(
         "--invert",

@@ -181,21 +181,22 @@ def invert(
     prompt: str,
     *,
     method: str = defaults.INVERSION_METHOD,
-    steps: int = defaults.STEPS,
+    steps: int | None = None,
     guidance_scale: float | None = None,
     inner_steps: int = defaults.NULL_TEXT_INNER_STEPS,
     early_stop: float = defaults.NULL_TEXT_EARLY_STOP,
     steps_offset: int = defaults.INVERSION_STEPS_OFFSET,
     progress: bool = True,
 ) -> Inversion:
-    """Image (path, PIL, or (1, 3, H, W) tensor in [-1, 1]) + its prompt -> Inversion."""
+    """Image (path, PIL, or (1, 3, H, W) tensor in [-1, 1]) + its prompt -> Inversion (steps None: the
+    model's, 50; SD3 28)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(
             "inversion needs the prompt that describes the image (an empty prompt inverts poorly)"
         )
-    steps = check_whole(steps, "steps", 1, TRAIN_STEPS)
+    steps = check_whole(pipe.default_steps if steps is None else steps, "steps", 1, TRAIN_STEPS)
     guidance_scale = pipe.guidance_scale if guidance_scale is None else guidance_scale
     guidance_scale = check_finite(guidance_scale, "guidance_scale")
     early_stop = check_finite(early_stop, "early_stop")

@@ -27,13 +27,14 @@ def load(
     tokenizers=None,
 ) -> Pipeline:
     """Load a model: a single-file .safetensors (SD1.x, SD2.x, SDXL base, SD3 / SD3.5, or ours), or a
-    diffusers folder.
+    diffusers folder (SD1, SD2, SDXL base, SD3 / SD3.5).
 
     path=None loads the bundled shapes-world model. `dtype` is the UNet's and text encoders'; `vae_dtype` the
     VAE's (see `Pipeline.to`). `prediction` ("epsilon" or "v") overrides what the file says or implies:
-    v-prediction (SD2 768-v models) is not visible in the weights. SD3 files only (a diffusers SD3 folder
-    holds its own): `text_encoders`, a folder with the text encoders a file lacks (clip_l.safetensors, clip_g.safetensors, t5xxl_fp16.safetensors);
-    `tokenizers`, a folder with T5's tokenizer (tokenizer_3/; the CLIPs' ship with minip2p).
+    v-prediction (SD2 768-v models) is not visible in the weights. SD3 files only (an SD3 folder holds its
+    own): `text_encoders`, a folder with the text encoders a file lacks (clip_l.safetensors,
+    clip_g.safetensors, t5xxl_fp16.safetensors); `tokenizers`, a folder with T5's tokenizer (tokenizer_3/;
+    the CLIPs' ship with minip2p).
     """
     device, dtype = check_device(device), check_dtype(dtype)
     vae_dtype = None if vae_dtype is None else check_dtype(vae_dtype)
@@ -42,8 +43,8 @@ def load(
     if path.is_dir() and is_sd3_folder(path):
         if prediction is not None or text_encoders is not None or tokenizers is not None:
             raise ValueError(
-                f"{path} is a diffusers SD3 folder: it predicts a velocity and holds its own text encoders and "
-                "tokenizers (prediction, text_encoders, tokenizers do not apply)"
+                f"{path} is a diffusers SD3 folder: it predicts a velocity and holds its own text encoders "
+                "and tokenizers (prediction, text_encoders, tokenizers do not apply)"
             )
         return load_sd3(path, read_sd3_folder(path), device, dtype, vae_dtype, None, tokenizers=path)
     if path.is_dir():

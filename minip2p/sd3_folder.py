@@ -110,16 +110,19 @@ def is_sd3_folder(path) -> bool:
 def weight_files(folder: Path) -> tuple:
     """-> (the .safetensors files to read, the tensor names a shard index promises or None). Sharded: the
     files the index names (plain names beside it: nothing elsewhere is read); else all, full precision before
-    fp16 variants (which hold the same tensors). Pickles (.bin) are refused: unpickling runs code."""
-    index = sorted(folder.glob("*.safetensors.index.json"))
+    fp16 variants (which hold the same tensors). Pickles (.bin) are refused: unpickling runs code (the
+    message is diffusers_folder's; its `read_weights` reads files unchecked, a FIFO would block it)."""
+    plain, variant = (sorted(folder.glob(f"*.safetensors.index{v}.json")) for v in ("", ".*"))
+    index = plain or variant  # a variant's index (.fp16.json) when it is all there is
     if index:
         weight_map = read_json(index[0]).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise CheckpointError(f"{index[0]} holds no weight_map of tensor names to shard files")
         names = sorted(set(weight_map.values()))
         bad = [n for n in names if Path(n).name != n or not n.endswith(".safetensors")]
-        if bad:
-            raise CheckpointError(f"{index[0]} names {bad[0]!r}: shards are .safetensors files beside it")
+        if bad or not names:
+            what = f"names {bad[0]!r}" if bad else "lists no shards"
+            raise CheckpointError(f"{index[0]} {what}: shards are .safetensors files beside it")
         return [folder / n for n in names], set(weight_map)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
@@ -137,7 +140,9 @@ def read_weights(folder: Path, files, promised) -> dict:
         sd.update(ckpt.read_safetensors(f)[0])
     lost = sorted((promised or set()) - sd.keys())
     if lost:
-        raise CheckpointError(f"{folder}: {len(lost)} tensors its index lists are in no shard, e.g. {lost[0]}")
+        raise CheckpointError(
+            f"{folder}: {len(lost)} tensors its index lists are in no shard, e.g. {lost[0]}"
+        )
     return sd
 
 
@@ -206,7 +211,7 @@ def check_folder(path: Path) -> list:
     if name is not None and not (isinstance(name, str) and name.startswith("StableDiffusion3")):
         raise CheckpointError(
             f"{path}/model_index.json names {name!r}: minip2p reads SD3 / SD3.5 folders "
-            "(StableDiffusion3Pipeline) and SD1 / SDXL ones"
+            "(StableDiffusion3Pipeline) and SD1 / SD2 / SDXL ones (unet/)"
         )
     for sub in REQUIRED:
         if not (path / sub).is_dir():
@@ -222,7 +227,8 @@ def check_folder(path: Path) -> list:
 
 def read_sd3_folder(path) -> dict:
     """A diffusers SD3 / SD3.5 folder -> one dict of tensors in Stability's single-file layout, for
-    `load_sd3`. Every part's files are found and checked before any is read."""
+    `load_sd3`. Every part's files are listed (its shard index read and checked) before any weights are read:
+    a broken folder fails in a moment, not after gigabytes."""
     path = Path(path)
     files = {sub: weight_files(path / sub) for sub in check_folder(path)}
     tensors = {}
