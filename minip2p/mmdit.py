@@ -74,8 +74,10 @@ class SelfAttention(nn.Module):
             self.ln_q, self.ln_k = RMSNorm(dim // heads), RMSNorm(dim // heads)
 
     def project(self, x) -> tuple:
-        """(B, N, D) -> q, k, v (B, N, D), q and k normed per head where the model does."""
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        """(B, N, D) -> q, k, v (B, N, D), q and k normed per head where the model does. Three products with
+        thirds of `qkv` (views), not one three times as wide: the same numbers, faster on the CPU."""
+        parts = zip(self.qkv.weight.chunk(3), self.qkv.bias.chunk(3))
+        q, k, v = (F.linear(x, w, b) for w, b in parts)
         if hasattr(self, "ln_q"):
             b, n, d = q.shape
             q = self.ln_q(q.view(b, n, self.heads, -1)).view(b, n, d)

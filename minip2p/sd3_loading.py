@@ -144,9 +144,16 @@ def sd3_config(path, parts) -> SD3Config:
     mmdit = config_from_keys(shapes)
     for name, (low, high) in LIMITS.items():
         check_whole(getattr(mmdit, name), f"{path}: MM-DiT {name}", low, high)
+    if mmdit.hidden_size % 64 or mmdit.pos_embed_max_size**2 != shapes["pos_embed"][1]:
+        raise CheckpointError(
+            f"{path}: an MM-DiT {mmdit.hidden_size} wide with a {shapes['pos_embed'][1]}-entry position "
+            "table is not SD3's (64 channels per head, a square table)"
+        )
     text = clip_config(parts["text"], path, clip_l(), NAMES["text"])
     text_2 = clip_config(parts["text_2"], path, clip_g(), NAMES["text_2"])
     t5 = t5_config(parts["t5"], path)
+    if t5 is not None and not 1 <= t5.num_heads <= t5.d_model:
+        raise CheckpointError(f"{path}: a T5 encoder with {t5.num_heads} heads is not T5-XXL's kind")
     cfg = SD3Config(
         "sd3.5" if mmdit.qk_norm else "sd3", mmdit, vae_config(parts["vae"], path), text, text_2, t5
     )

@@ -3,7 +3,8 @@ local processes or over a Ray cluster (`scale.py`).
 
 A spec line is one edit, {"source": ..., "target": ...} and optional "id", "kind", "blend", "reweight",
 "seed" or "seeds", "cross_replace_steps" / "self_replace_steps" (a value or a list: a grid), "steps",
-"guidance_scale". Every (line, seed, grid point) is one item. The driver alone writes: each item's images
+"guidance_scale", "cross_places" / "self_places" (the places an edit touches: "down"/"mid"/"up",
+"early"/"middle"/"late" or MM-DiT block numbers). Every (line, seed, grid point) is one item. The driver alone writes: each item's images
 (atomically), then its line in results.jsonl (one write, flushed and synced), so an item is finished exactly
 when its result line is there; a re-run skips those. Each item is computed with a fixed number of threads
 (`threads`, default 1): on the CPU the thread count changes the last bits of a result, and a sweep's images
@@ -43,6 +44,8 @@ KEYS = {
     "self_replace_steps",
     "steps",
     "guidance_scale",
+    "cross_places",
+    "self_places",
 }
 ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 RESULTS = "results.jsonl"
@@ -104,6 +107,7 @@ def line_items(d, n: int, tokenizer) -> list:
         raise ValueError(f'"reweight" must be {{word: scale}}, not {reweight!r}')
     kind = d.get("kind") or default_edit_kind(source, target, reweight)
     edit = dict(kind=kind, blend=blend, reweight=reweight)
+    edit.update({k: d[k] for k in ("cross_places", "self_places") if d.get(k) is not None})  # blocks
     make_edit(source, target, tokenizer, cross_replace_steps=cross[0], self_replace_steps=self_[0], **edit)
     line_id = d.get("id")
     if line_id is None:

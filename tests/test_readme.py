@@ -16,7 +16,7 @@ def python_blocks():
 
 def test_the_readme_marks_what_needs_real_weights():
     blocks = python_blocks()
-    assert len(blocks) >= 5 and sum(b.startswith(NEEDS_WEIGHTS) for b in blocks) == 1
+    assert len(blocks) >= 5 and sum(b.startswith(NEEDS_WEIGHTS) for b in blocks) == 2  # SD, SD3
 
 
 @pytest.mark.slow

@@ -250,3 +250,26 @@ def test_the_text_encoders_may_come_apart_and_long_prompts_are_refused(files, tm
         sd3.generate([SOURCE], seed=0, eta=0.5, progress=False)
     with pytest.raises(ValueError, match="cross_places must be None"):
         make_edit(SOURCE, TARGET, sd3.tokenizer, cross_places=["nowhere"])
+
+
+def test_the_command_line_edits_and_draws_sd3(files, tmp_path, cli):
+    d, out = files
+    model = ["--weights", out["sd3.5"][0], "--tokenizers", d / "tokenizers", "--steps", 3, "--quiet"]
+    edit = [
+        "edit",
+        "--prompt",
+        SOURCE,
+        "--to",
+        TARGET,
+        "--cross-places",
+        "late",
+        "3",
+        "--out",
+        tmp_path / "e.png",
+    ]
+    code, stdout, stderr = cli(*edit, *model)
+    assert code == 0 and (tmp_path / "e.png").exists(), stderr
+    code, _, stderr = cli("attention", "--prompt", SOURCE, "--out", tmp_path / "m.png", *model)
+    assert code == 0 and (tmp_path / "m.png").exists(), stderr
+    code, _, stderr = cli(*edit, *model[:2], "--steps", 3)  # no T5 tokenizer: one line
+    assert code == 1 and "tokenizer_3" in stderr and "Traceback" not in stderr
