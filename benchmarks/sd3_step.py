@@ -58,14 +58,17 @@ def step(which, model, x, ctx, pooled, controller=None):
 
 
 def interleaved(runs, calls: dict, device) -> dict:
-    """Each call once to warm up, then `runs` rounds of all of them in turn -> median seconds per call."""
+    """Each call once to warm up, then `runs` rounds of all of them in turn -> median seconds per call, and
+    under "rounds" each round's times relative to the first call's."""
     for fn in calls.values():
         fn()
     times = {name: [] for name in calls}
     for _ in range(runs):
         for name, fn in calls.items():
             times[name].append(measured_on(device, fn)[1])
-    return {name: statistics.median(v) for name, v in times.items()}
+    first = next(iter(times.values()))
+    rounds = [" ".join(f"{v[r] / first[r]:.3f}" for v in times.values()) for r in range(runs)]
+    return {name: statistics.median(v) for name, v in times.items()} | {"rounds": "; ".join(rounds)}
 
 
 def main():
@@ -111,7 +114,8 @@ def main():
         )
         print(
             f"{dt}: ours {med['ours']:.2f} s, diffusers {med['diffusers']:.2f} s, ours / diffusers "
-            f"{med['ours'] / med['diffusers']:.3f}; max |ours - diffusers| {diff:.2e}"
+            f"{med['ours'] / med['diffusers']:.3f}; max |ours - diffusers| {diff:.2e}; per round (ours 1, "
+            f"diffusers): {med['rounds']}"
         )
         data = inputs(4, args.size, args.device, dtype)
         calls = {"plain": lambda m=ours, d=data: step("ours", m, *d)}
@@ -122,6 +126,7 @@ def main():
         print(
             f"{dt}: edit step (batch 4) plain {med['plain']:.2f} s; with the edit's maps: "
             + ", ".join(f"{k} {med[k]:.2f} s ({med[k] / med['plain']:.2f}x)" for k in edits)
+            + f"; per round, relative to plain: {med['rounds']}"
         )
     print(f"process RSS at the end {rss_mib():.0f} MiB")
 

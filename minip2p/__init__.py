@@ -7,10 +7,13 @@ from .blend import LocalBlend
 from .checkpoint import save_checkpoint
 from .config import ModelConfig
 from .ddim import DDIM
+from .flow import FlowMatchEuler
 from .inversion import Inversion
 from .loading import load
+from .mmdit import MMDiT, MMDiTConfig
 from .p2p import Refine, Replace, Reweight, make_edit
 from .pipeline import Pipeline
+from .sd3 import SD3Config, SD3Pipeline
 from .store import AttentionStore
 from .sweep import sweep
 from .text import TextConfig
@@ -21,14 +24,19 @@ __all__ = [
     "AttentionStore",
     "Controller",
     "DDIM",
+    "FlowMatchEuler",
     "Inversion",
     "LocalBlend",
+    "MMDiT",
+    "MMDiTConfig",
     "ModelConfig",
     "Pipeline",
     "Place",
     "Refine",
     "Replace",
     "Reweight",
+    "SD3Config",
+    "SD3Pipeline",
     "TextConfig",
     "UNet",
     "UNetConfig",

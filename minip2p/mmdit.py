@@ -44,8 +44,9 @@ class MMDiTConfig:
 
 
 def modulate(x, shift, scale):
-    """adaLN: a LayerNorm without weights, then a scale and shift from the conditioning (fp32 statistics)."""
-    x = F.layer_norm(x.float(), x.shape[-1:], eps=1e-6).to(x.dtype)
+    """adaLN: a LayerNorm without weights, then a scale and shift from the conditioning. (The layer_norm
+    kernels keep the statistics of bf16/fp16 inputs in fp32.)"""
+    x = F.layer_norm(x, x.shape[-1:], eps=1e-6)
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
