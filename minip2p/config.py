@@ -147,8 +147,17 @@ def check_config(cfg: ModelConfig, where) -> ModelConfig:
         isinstance(v.scale_factor, (int, float)) and math.isfinite(v.scale_factor) and v.scale_factor > 0
     ):
         fail(f"vae.scale_factor must be a positive finite number, not {v.scale_factor!r}")
-    if not isinstance(v.upcast, bool) or not isinstance(cfg.zero_negative, bool):
-        fail(f"vae.upcast and zero_negative must be true or false, not {v.upcast!r}, {cfg.zero_negative!r}")
+    if not (isinstance(v.shift_factor, (int, float)) and math.isfinite(v.shift_factor)):
+        fail(f"vae.shift_factor must be a finite number, not {v.shift_factor!r}")
+    if (
+        not isinstance(v.quant_conv, bool)
+        or not isinstance(v.upcast, bool)
+        or not isinstance(cfg.zero_negative, bool)
+    ):
+        fail(
+            f"vae.quant_conv, vae.upcast and zero_negative must be true or false, not {v.quant_conv!r}, "
+            f"{v.upcast!r}, {cfg.zero_negative!r}"
+        )
     if cfg.family not in FAMILIES or cfg.prediction not in ("epsilon", "v"):
         fail(
             f"family {cfg.family!r}, prediction {cfg.prediction!r}: expected one of {FAMILIES}; epsilon or v"
