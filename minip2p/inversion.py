@@ -190,8 +190,7 @@ def invert(
 ) -> Inversion:
     """Image (path, PIL, or (1, 3, H, W) tensor in [-1, 1]) + its prompt -> Inversion (steps None: the
     model's, 50; SD3 28)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    check_method(pipe, method)
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(
             "inversion needs the prompt that describes the image (an empty prompt inverts poorly)"
@@ -203,11 +202,6 @@ def invert(
     stop = check_whole(inner_steps, "inner_steps", 0), early_stop
     steps_offset = check_whole(steps_offset, "steps_offset", 0, 1)
     image = checked_image(pipe, image)
-    if pipe.config.family.startswith("sd3") and method not in ("ddim", "direct"):
-        raise ValueError(
-            f"method {method!r}: SD3 inverts by the Euler steps run backwards, method='ddim' (plain) or "
-            "'direct' (Direct Inversion: the source reconstructs exactly)"
-        )
     ddim = pipe.scheduler(steps, steps_offset)
     (cond, pooled), (null, null_pooled) = pipe.encode_text([prompt]), pipe.encode_negative(None)
     if method == "negative-prompt":
@@ -236,6 +230,17 @@ def invert(
         trajectory,
         None if null_pooled is None else null_pooled.clone(),
     )
+
+
+def check_method(pipe, method: str):
+    """One of METHODS; SD3 (flow matching) only plain ("ddim": the Euler steps backwards) and "direct"."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    if pipe.config.family.startswith("sd3") and method not in ("ddim", "direct"):
+        raise ValueError(
+            f"method {method!r}: SD3 inverts by the Euler steps run backwards, method='ddim' (plain) or "
+            "'direct' (Direct Inversion: the source reconstructs exactly)"
+        )
 
 
 def checked_image(pipe, image) -> torch.Tensor:

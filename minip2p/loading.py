@@ -60,6 +60,12 @@ def load(
         del tensors
     if text_encoders is not None or tokenizers is not None:
         raise ValueError(f"text_encoders, tokenizers: only SD3 files take them; {path} is {cfg.family}'s")
+    return build(path, cfg, parts, tokenizer_dirs, device, dtype, vae_dtype)
+
+
+def build(path, cfg, parts, tokenizer_dirs, device, dtype, vae_dtype) -> Pipeline:
+    """A UNet model's parts (SD1, SD2, SDXL, ours) checked against the models they are taken to be, then
+    built, filled and placed."""
     text_cfgs = {"text": cfg.text, "text_2": cfg.text_2} if cfg.text_2 else {"text": cfg.text}
     with torch.device("meta"):  # every part is checked against the file before any memory is taken
         models = {"unet": UNet(cfg.unet), "vae": VAE(cfg.vae)}

@@ -4,11 +4,11 @@ local processes or over a Ray cluster (`scale.py`).
 A spec line is one edit, {"source": ..., "target": ...} and optional "id", "kind", "blend", "reweight",
 "seed" or "seeds", "cross_replace_steps" / "self_replace_steps" (a value or a list: a grid), "steps",
 "guidance_scale", "cross_places" / "self_places" (the places an edit touches: "down"/"mid"/"up",
-"early"/"middle"/"late" or MM-DiT block numbers). Every (line, seed, grid point) is one item. The driver alone writes: each item's images
-(atomically), then its line in results.jsonl (one write, flushed and synced), so an item is finished exactly
-when its result line is there; a re-run skips those. Each item is computed with a fixed number of threads
-(`threads`, default 1): on the CPU the thread count changes the last bits of a result, and a sweep's images
-must not depend on how many workers shared the machine.
+"early"/"middle"/"late" or MM-DiT block numbers). Every (line, seed, grid point) is one item. The driver
+alone writes: each item's images (atomically), then its line in results.jsonl (one write, flushed and
+synced), so an item is finished exactly when its result line is there; a re-run skips those. Each item is
+computed with a fixed number of threads (`threads`, default 1): on the CPU the thread count changes the last
+bits of a result, and a sweep's images must not depend on how many workers shared the machine.
 """
 
 import hashlib
