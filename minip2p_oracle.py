@@ -6,6 +6,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    DPMSolverMultistepScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -32,6 +33,24 @@ def ddim_scheduler(steps_offset: int = 1, prediction: str = "epsilon") -> DDIMSc
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=steps_offset,
+        prediction_type={"epsilon": "epsilon", "v": "v_prediction"}[prediction],
+    )
+
+
+def dpm_scheduler(prediction: str = "epsilon") -> DPMSolverMultistepScheduler:
+    """DPM-Solver++(2M) as `DPMSolverMultistepScheduler.from_config` makes it from SD's scheduler config
+    (leading spacing, steps_offset 1): dpmsolver++, order 2, midpoint, lower order at the end, to sigma 0."""
+    return DPMSolverMultistepScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        solver_type="midpoint",
+        lower_order_final=True,
+        final_sigmas_type="zero",
+        timestep_spacing="leading",
+        steps_offset=1,
         prediction_type={"epsilon": "epsilon", "v": "v_prediction"}[prediction],
     )
 
@@ -71,15 +90,15 @@ def text_encoder(sd: dict, cfg: ModelConfig):
     return model.eval()
 
 
-def sd_pipeline(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
-    """diffusers' StableDiffusionPipeline on given parts, with SD's DDIM schedule, no safety checker and no
-    progress bar."""
+def sd_pipeline(unet, vae, text_encoder, tokenizer, scheduler=None) -> StableDiffusionPipeline:
+    """diffusers' StableDiffusionPipeline on given parts, with SD's DDIM schedule (or `scheduler`), no safety
+    checker and no progress bar."""
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=ddim_scheduler(),
+        scheduler=scheduler or ddim_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -74,6 +74,7 @@ def cmd_generate(args):
         args.prompt,
         seed=args.seed,
         steps=args.steps,
+        sampler=args.sampler,
         guidance_scale=args.guidance,
         height=args.height,
         width=args.width,
@@ -91,7 +92,13 @@ def cmd_demo(args):
     images, captions = [], []
     for label, source, target, options in DEMO:
         src, edited = pipe.edit(
-            source, target, seed=args.seed, steps=args.steps, progress=not args.quiet, **options
+            source,
+            target,
+            seed=args.seed,
+            steps=args.steps,
+            sampler=args.sampler,
+            progress=not args.quiet,
+            **options,
         )
         if f"source: {source}" not in captions:
             images.append(src)
@@ -144,7 +151,14 @@ def cmd_edit(args):
     inversion = None
     if args.image:
         inversion = pipe.invert(args.image, args.prompt, method=args.invert, **sampling)
-    images = pipe.generate(prompts, seed=args.seed, controller=controller, inversion=inversion, **sampling)
+    images = pipe.generate(
+        prompts,
+        seed=args.seed,
+        controller=controller,
+        inversion=inversion,
+        sampler=args.sampler,
+        **sampling,
+    )
     label = edit_label(args.kind or default_edit_kind(*prompts, reweight), args.blend, reweight)
     captions = [f"source: {args.prompt}", f"{label}: {args.to}"]
     if args.image:
@@ -167,6 +181,7 @@ def cmd_attention(args):
         [args.prompt],
         seed=args.seed,
         steps=args.steps,
+        sampler=args.sampler,
         guidance_scale=args.guidance,
         controller=store,
         progress=not args.quiet,
@@ -185,7 +200,13 @@ def common(p, out: str):
     p.add_argument(
         "--steps",
         type=int,
-        help=f"sampling steps (default: {defaults.STEPS} DDIM steps; SD3: {defaults.SD3_STEPS} Euler steps)",
+        help=f"sampling steps (default: {defaults.STEPS} DDIM steps, {defaults.DPM_STEPS} DPM++ steps; SD3: "
+        f"{defaults.SD3_STEPS} Euler steps)",
+    )
+    p.add_argument(
+        "--sampler",
+        help=f"ddim (the paper's, default) or dpm++ (DPM-Solver++(2M): {defaults.DPM_STEPS} steps do what "
+        "DDIM does in 50); SD3: euler",
     )
     p.add_argument(
         "--guidance",

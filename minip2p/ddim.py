@@ -15,6 +15,12 @@ TRAIN_STEPS = 1000  # the noise schedule Stable Diffusion was trained with
 BETA_START, BETA_END = 0.00085, 0.012  # its "scaled_linear" betas
 
 
+def alphas_cumprod() -> torch.Tensor:
+    """(1000,) the cumulative alphas of Stable Diffusion's training schedule."""
+    betas = torch.linspace(BETA_START**0.5, BETA_END**0.5, TRAIN_STEPS, dtype=torch.float32) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
 def guided(out_uncond: torch.Tensor, out_cond: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans 2022): push the prediction from the unconditional one towards
     the conditional one, `scale` times as far."""
@@ -27,8 +33,7 @@ class DDIM:
     def __init__(self, steps=50, steps_offset=1, prediction="epsilon", eta=0.0):
         assert prediction in ("epsilon", "v") and 1 <= steps <= TRAIN_STEPS and 0 <= eta <= 1
         self.steps, self.prediction, self.eta = steps, prediction, eta  # eta: 0 deterministic, 1 DDPM's noise
-        betas = torch.linspace(BETA_START**0.5, BETA_END**0.5, TRAIN_STEPS, dtype=torch.float32) ** 2
-        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        self.alphas_cumprod = alphas_cumprod()
         self.final_alpha = self.alphas_cumprod[0]  # set_alpha_to_one=False: the step after t=0 uses alpha_0
         self.ratio = TRAIN_STEPS // steps
         ts = (np.arange(0, steps) * self.ratio).round()[::-1].astype(np.int64) + steps_offset

@@ -6,6 +6,8 @@ notebook (google/prompt-to-prompt, prompt-to-prompt_stable.ipynb) unless a comme
 
 # sampling
 STEPS = 50  # DDIM steps
+SAMPLER = "ddim"  # the paper's sampler; "dpm++" (DPM-Solver++(2M)) reaches the same images in fewer steps
+DPM_STEPS = 20  # DPM-Solver++'s steps (diffusers' recommendation: 20-25)
 GUIDANCE_SCALE = 7.5  # classifier-free guidance
 SDXL_GUIDANCE_SCALE = 5.0  # SDXL's (diffusers' StableDiffusionXLPipeline)
 SD3_STEPS = 28  # SD3's Euler steps (diffusers' StableDiffusion3Pipeline)

@@ -96,7 +96,8 @@ class Inversion:
             )
         return self.steps, self.guidance_scale, self.steps_offset, self.latent
 
-    def save(self, path):
+    def parts(self) -> tuple:
+        """-> (tensors, metadata): what `save` writes (a recording made from this inversion writes it too)."""
         meta = {
             "prompt": self.prompt,
             "method": self.method,
@@ -110,24 +111,21 @@ class Inversion:
             tensors["null_pooled"] = self.null_pooled
         if self.method == "direct":
             tensors["trajectory"] = self.trajectory
-        tensors = {k: v.clone().contiguous() for k, v in tensors.items()}  # latent is a view of trajectory
+        return {k: v.clone().contiguous() for k, v in tensors.items()}, meta  # latent: a trajectory view
+
+    def save(self, path):
+        tensors, meta = self.parts()
         with atomic_write(path) as tmp:
             save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
 
     @classmethod
     def load(cls, path) -> "Inversion":
         """An inversion saved by `save`, checked whole: one line naming the file for anything amiss."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"inversion file not found: {path}")
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = json.loads((f.metadata() or {}).get(META_KEY, "null") or "null")
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path} is not a readable inversion file ({e})") from None
-        if not isinstance(meta, dict):
-            raise ValueError(f"{path} is not an inversion saved by minip2p (no {META_KEY} metadata)")
+        return cls.from_parts(*read_saved(path, META_KEY, "inversion"), path)
+
+    @classmethod
+    def from_parts(cls, tensors: dict, meta: dict, path) -> "Inversion":
+        """`parts` read back from the file at `path`, checked whole."""
         try:
             inversion = cls(
                 tensors["latent"],
@@ -144,6 +142,25 @@ class Inversion:
         if inversion.method == "direct":
             inversion.trajectory = tensors.get("trajectory")
         return check_loaded(inversion, path)
+
+
+def read_saved(path, key: str, what: str) -> tuple:
+    """A safetensors file minip2p saved -> (tensors, the JSON object under metadata `key`), or one line
+    naming the file. Never unpickles: safetensors holds tensors and strings only."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get(key, "null") or "null")
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{path} is not a readable {what} file ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"{path} is not a{'n' if what[0] in 'aeiou' else ''} {what} saved by minip2p (no {key} metadata)"
+        )
+    return tensors, meta
 
 
 def check_loaded(inversion: Inversion, path) -> Inversion:
@@ -195,7 +212,7 @@ def invert(
         raise ValueError(
             "inversion needs the prompt that describes the image (an empty prompt inverts poorly)"
         )
-    steps = check_whole(pipe.default_steps if steps is None else steps, "steps", 1, TRAIN_STEPS)
+    steps = check_whole(pipe.default_steps() if steps is None else steps, "steps", 1, TRAIN_STEPS)
     guidance_scale = pipe.guidance_scale if guidance_scale is None else guidance_scale
     guidance_scale = check_finite(guidance_scale, "guidance_scale")
     early_stop = check_finite(early_stop, "early_stop")

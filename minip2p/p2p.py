@@ -192,7 +192,13 @@ class Edit(Controller):
         )
 
     def __call__(self, attn, place):
-        cond = conditional_half(attn, place.heads)  # (P, heads, n, m), a view: edits write into attn
+        self.edit_maps(conditional_half(attn, place.heads), place)  # a view: edits write into attn
+        if self.store is not None:
+            self.store(attn, place)
+        return attn
+
+    def edit_maps(self, cond, place):
+        """cond (P, heads, n, m): the source's maps, then the targets', edited in place."""
         base, target = cond[0], cond[1:]
         if self.replaces_cross(place):
             alpha = self.alphas[self.step][:, None, None, :]  # (P-1, 1, 1, 77)
@@ -202,9 +208,6 @@ class Edit(Controller):
         # the maps actually used are the ones stored and blended on (as in the official code)
         if self.reads_blend(place):
             self.blend_maps.append(cond.mean(1))
-        if self.store is not None:
-            self.store(attn, place)
-        return attn
 
     def after_step(self, i, latents):
         if self.store is not None:

@@ -9,12 +9,15 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import defaults, sampling
+from .batch import make_edits
 from .checks import check_device, check_dtype, check_prompt_tokens, check_prompts
 from .ddim import DDIM, denoise
+from .dpm import DPMSolver
 from .images import to_pil, to_tensor
 from .inversion import Inversion, invert
 from .layers import size_conditioning
 from .p2p import make_edit
+from .recording import Recorder, Recording
 from .text import encode_text, tokenize
 from .unet import UNet
 from .vae import VAE
@@ -102,11 +105,19 @@ class Pipeline:
         return defaults.SDXL_GUIDANCE_SCALE if sdxl else defaults.GUIDANCE_SCALE
 
     @property
-    def default_steps(self) -> int:
-        return defaults.STEPS
+    def samplers(self) -> tuple:
+        """The samplers this model takes, its default first."""
+        return ("ddim", "dpm++")
 
-    def scheduler(self, steps: int, steps_offset: int = 1, eta: float = 0.0):
-        """The sampler of `steps` steps (checked): DDIM with the model's prediction."""
+    def default_steps(self, sampler: str | None = None) -> int:
+        return defaults.DPM_STEPS if sampler == "dpm++" else defaults.STEPS
+
+    def scheduler(self, steps: int, steps_offset=1, eta=0.0, sampler=None, follow_ddim=False):
+        """The sampler of `steps` steps (checked): DDIM, or DPM-Solver++ (on DDIM's timesteps where it
+        follows a DDIM inversion), with the model's prediction."""
+        if sampler == "dpm++":
+            timesteps = DDIM(steps, steps_offset).timesteps if follow_ddim else None
+            return DPMSolver(steps, steps_offset, self.config.prediction, timesteps)
         return DDIM(steps, steps_offset, self.config.prediction, eta)
 
     def added_conditioning(self, pooled, height, width, sizes=(None, (0, 0), None)):
@@ -171,15 +182,22 @@ class Pipeline:
         Every prompt starts from the same noise: `latents`, else drawn from `generator` or `seed`. With
         `inversion` (from `invert`), sampling starts from its noise and uses its per-step null embeddings,
         steps, guidance and schedule, so that the first prompt reconstructs the inverted image."""
+        o = self.options(options)
+        with torch.no_grad():
+            p = sampling.plan(self, prompts, o)
+        return self.run(p, o)
+
+    def options(self, options: dict) -> sampling.Options:
         unknown = set(options) - sampling.OPTIONS
         if unknown:
             raise ValueError(
                 f"unknown option(s) {sorted(unknown)}: sampling takes {sorted(sampling.OPTIONS)}"
             )
-        o = sampling.Options(**options)
-        with torch.no_grad():
-            p = sampling.plan(self, prompts, o)
-        model = partial(self.predict, controller=o.controller)
+        return sampling.Options(**options)
+
+    def run(self, p: sampling.Plan, o: sampling.Options):
+        """A plan's steps, as the generator `steps` returns."""
+        model = partial(self.predict, controller=p.controller)
         records = denoise(model, p.ddim, p.latents, p.guidance, p.controller, p.noise, p.sources)
         bar = tqdm(records, total=p.ddim.steps, desc="sampling", disable=not o.progress, leave=False)
         return sampling.finite_steps(bar, p.ddim.steps, p.guidance.scale)
@@ -228,15 +246,69 @@ class Pipeline:
         (`inversion.invert`'s options: method, steps, guidance_scale, ...)."""
         return invert(self, image, prompt, **options)
 
-    def edit(self, source_prompt: str, target_prompt: str, **options):
-        """Prompt-to-Prompt in one call -> [source image, edited image] from the same noise.
+    def edit(self, source, target, **options):
+        """Prompt-to-Prompt in one call -> [source image, edited image] from the same noise; with a list of
+        targets, [source image, one edit per target], all in one sampling pass.
 
-        Options of `p2p.make_edit`: kind ("replace": a word swap, same word count; "refine": words added or
-        removed; "reweight": the target's attention scaled by `reweight`, {word: scale}; by default replace
-        for equal word counts, refine otherwise, reweight for identical prompts with `reweight`, which chains
-        on the other kinds), cross_replace_steps, self_replace_steps, self_max_fraction, blend (words whose
-        region the edit is confined to, LocalBlend, each looked up in both prompts), reweight, store. The
-        others go to `generate` (seed, steps, inversion, ...)."""
+        source: the source prompt, or a `Recording` of it (`record`: only the targets are sampled). Options of
+        `p2p.make_edit`: kind ("replace": a word swap, same word count; "refine": words added or removed;
+        "reweight": the target's attention scaled by `reweight`, {word: scale}; by default replace for equal
+        word counts, refine otherwise, reweight for identical prompts with `reweight`, which chains on the
+        other kinds), cross_replace_steps, self_replace_steps, self_max_fraction, blend (words whose region
+        the edit is confined to, LocalBlend, each looked up in both prompts), reweight, store. With several
+        targets each option is one value for all or a list of one per target (`batch.per_target`). The others
+        go to `generate` (seed, steps, sampler, inversion, ...)."""
+        recording = source if isinstance(source, Recording) else options.pop("recording", None)
+        source = recording.prompt if isinstance(source, Recording) else source
         edit_options = {k: options.pop(k) for k in list(options) if k in EDIT_OPTIONS}
-        controller = make_edit(source_prompt, target_prompt, self.tokenizer, **edit_options)
-        return self.generate([source_prompt, target_prompt], controller=controller, **options)
+        targets = target if isinstance(target, list) else [target]
+        if isinstance(target, list):
+            controller = make_edits(source, target, self.tokenizer, **edit_options)
+        else:
+            controller = make_edit(source, target, self.tokenizer, **edit_options)
+        if recording is None:
+            return self.generate([source, *targets], controller=controller, **options)
+        edits = controller.edits if isinstance(target, list) else [controller]
+        recording.check(self, source, edits)
+        sampling_options = recording.sampling(options)
+        output = sampling_options.pop("output", "pil")
+        x = self.generate(
+            targets, controller=controller, recording=recording, output="latent", **sampling_options
+        )
+        x = torch.cat([recording.latents[-1].to(x), x])
+        if output == "latent":
+            return x
+        images = self.decode(x)
+        return images if output == "tensor" else to_pil(images)
+
+    def record(self, prompt: str | None = None, *, self_max_fraction=defaults.SELF_MAX_FRACTION, **options):
+        """The source branch of later edits, sampled once -> `Recording` (its latents after every step, its
+        maps at every place an edit reads; `edit(recording, target)` samples only the target). Sampling
+        options as `generate`'s; with `inversion`, the inverted image's (prompt: the inversion's).
+        self_max_fraction: the largest self-attention map kept, as an edit's (an edit may ask for no
+        larger)."""
+        inversion = options.get("inversion")
+        prompt = inversion.prompt if prompt is None and inversion is not None else prompt
+        if options.get("eta"):
+            raise ValueError("eta: a recording replays deterministic sampling; leave eta at 0")
+        recorder = Recorder(self_max_fraction)
+        o = self.options(dict(options, controller=recorder))
+        with torch.no_grad():
+            p = sampling.plan(self, [prompt], o)
+        latents = [p.latents.clone()] + [r.latents.clone() for r in self.run(p, o)]
+        maps = {k: torch.stack(v) for k, v in recorder.maps.items()}
+        cell = self.pixels_per_cell
+        settings = dict(
+            steps=p.ddim.steps,
+            guidance_scale=p.guidance.scale,
+            sampler=o.sampler or self.samplers[0],
+            steps_offset=o.steps_offset if inversion is None else inversion.steps_offset,
+            negative_prompt=o.negative_prompt,
+            height=p.latents.shape[2] * cell,
+            width=p.latents.shape[3] * cell,
+            original_size=o.original_size,
+            crops_coords_top_left=o.crops_coords_top_left,
+            target_size=o.target_size,
+            self_max_fraction=recorder.fraction,
+        )
+        return Recording(prompt, torch.stack(latents), maps, settings, self.probe(), inversion)

@@ -20,6 +20,7 @@ from .checks import (
 )
 from .ddim import TRAIN_STEPS, Guidance
 from .inversion import Inversion
+from .recording import Recording, Replay
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,10 @@ class Options:
     controller: Controller | None = None  # an edit or an AttentionStore, called at every attention
     progress: bool = True  # a tqdm progress bar
     eta: float = defaults.ETA  # DDIM's eta: 0 is deterministic, 1 adds DDPM's noise
+    sampler: str | None = None  # "ddim" or "dpm++" (DPM-Solver++(2M)); None: the model's (DDIM; SD3 Euler)
     steps_offset: int = 1  # 1: diffusers' schedule; 0: the null-text code's
     inversion: Inversion | None = None  # sample from an inverted real image (its noise, nulls, steps)
+    recording: Recording | None = None  # the source's branch, recorded: only the prompts given are sampled
     max_size: int | None = None  # the largest height or width allowed (None: 4x the model's size)
     original_size: tuple | None = None  # SDXL micro-conditioning (None: the image's size)
     crops_coords_top_left: tuple = (0, 0)  # SDXL micro-conditioning
@@ -62,16 +65,14 @@ class Plan:
 
 def plan(pipe, prompts, o: Options) -> Plan:
     """Options -> Plan: every check first (one line each), then the text encoders and the start noise."""
-    prompts, inv = check_prompts(prompts), o.inversion
+    prompts, inv, rec = check_prompts(prompts), o.inversion, o.recording
     steps, scale, offset, latents = o.steps, o.guidance_scale, o.steps_offset, o.latents
     if inv is not None:
-        inv.check(pipe, prompts[0])
+        inv.check(pipe, prompts[0] if rec is None else rec.prompt)
         steps, scale, offset, latents = inv.settings(steps, scale, o.negative_prompt)
-    steps = check_whole(pipe.default_steps if steps is None else steps, "steps", 1, TRAIN_STEPS)
+    sampler, eta = check_sampler(pipe, o.sampler, o.eta, inv)
+    steps = check_whole(pipe.default_steps(sampler) if steps is None else steps, "steps", 1, TRAIN_STEPS)
     scale = check_finite(pipe.guidance_scale if scale is None else scale, "guidance")
-    eta = check_range(o.eta, "eta", 0.0, 1.0)
-    if eta and pipe.config.family.startswith("sd3"):
-        raise ValueError("eta: flow matching (SD3) samples deterministically; leave eta at 0")
     if inv is not None:
         height, width = (s * pipe.pixels_per_cell for s in latents.shape[2:])
     else:
@@ -90,11 +91,33 @@ def plan(pipe, prompts, o: Options) -> Plan:
         y = torch.cat([null_pooled.to(pooled).expand_as(pooled), pooled])
         y = pipe.added_conditioning(y, height, width, sizes)
     noise = None if eta == 0 else lambda: torch.randn(x.shape, generator=generator).to(x)
-    sources = None if inv is None or inv.method != "direct" else inv.trajectory.flip(0)[1:].to(x)
+    direct = inv is not None and inv.method == "direct" and rec is None  # a recording holds the source
+    sources = inv.trajectory.flip(0)[1:].to(x) if direct else None
     controller = o.controller or Controller()  # with no controller, its hooks do nothing
+    controller = controller if rec is None else Replay(controller, rec)
     controller.start(steps, x.shape[2:], pipe.device)
-    ddim, guidance = pipe.scheduler(steps, offset, eta), Guidance(cond, nulls, scale, y)
-    return Plan(ddim, x, guidance, controller, noise, sources)
+    ddim = pipe.scheduler(steps, offset, eta, sampler, follow_ddim=inv is not None)
+    return Plan(ddim, x, Guidance(cond, nulls, scale, y), controller, noise, sources)
+
+
+def check_sampler(pipe, sampler, eta, inversion) -> tuple:
+    """(sampler, eta), checked: one of the model's samplers (None: its default); eta is DDIM's; an inversion
+    is DDIM's steps run backwards, which DPM-Solver++ can only follow with Direct Inversion's resets."""
+    sampler = pipe.samplers[0] if sampler is None else sampler
+    if sampler not in pipe.samplers:
+        raise ValueError(f"sampler must be one of {list(pipe.samplers)} for this model, not {sampler!r}")
+    eta = check_range(eta, "eta", 0.0, 1.0)
+    if eta and sampler != "ddim":
+        raise ValueError(
+            f"eta is DDIM's noise; sampler {sampler!r} samples deterministically: leave eta at 0"
+        )
+    if sampler == "dpm++" and inversion is not None and inversion.method != "direct":
+        raise ValueError(
+            f"sampler 'dpm++' cannot retrace a {inversion.method!r} inversion (made of DDIM steps): sample "
+            "it with sampler='ddim', or invert with method='direct', whose source is put back on the "
+            "inverted trajectory after every step"
+        )
+    return sampler, eta
 
 
 def micro_conditioning(pipe, o: Options) -> tuple:

@@ -119,10 +119,13 @@ class SD3Pipeline(Pipeline):
         return defaults.SD3_GUIDANCE_SCALE
 
     @property
-    def default_steps(self) -> int:
+    def samplers(self) -> tuple:
+        return ("euler",)
+
+    def default_steps(self, sampler: str | None = None) -> int:
         return defaults.SD3_STEPS
 
-    def scheduler(self, steps: int, steps_offset: int = 1, eta: float = 0.0) -> FlowMatchEuler:
+    def scheduler(self, steps, steps_offset=1, eta=0.0, sampler=None, follow_ddim=False):
         return FlowMatchEuler(steps, self.config.shift)
 
     def added_conditioning(self, pooled, height, width, sizes=None):

@@ -134,6 +134,23 @@ def test_generate_equals_stable_diffusion_xl_pipeline(sdxl_pipe, reference, micr
     assert image_diff < 1e-3 and latent_diff < 1e-3 and ref_latent.abs().mean() > 0.1
 
 
+def test_dpm_generate_equals_stable_diffusion_xl_pipeline(sdxl_pipe, reference):
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    ours = sdxl_pipe.generate(
+        ["a cat"], steps=5, sampler="dpm++", latents=latents, output="latent", progress=False
+    )
+    reference.scheduler = oracle.dpm_scheduler()
+    try:
+        theirs = reference(
+            ["a cat"], num_inference_steps=5, height=128, width=128, latents=latents, output_type="latent"
+        )
+    finally:
+        reference.scheduler = oracle.ddim_scheduler()
+    diff = (ours - theirs.images).abs().max()
+    print(f"\nnarrow SDXL, 5 DPM++ steps: max |latent diff| {diff:.2e}")
+    assert diff < 1e-3 and ours.abs().mean() > 0.1
+
+
 def test_micro_conditioning_matters_and_is_checked(sdxl_pipe, pipe):
     def run(**kw):
         return sdxl_pipe.sample(["a cat"], seed=1, steps=2, progress=False, **kw)
