@@ -345,7 +345,8 @@ def parser() -> argparse.ArgumentParser:
         "demo", help="the offline demo on the bundled model; writes demo.png", formatter_class=formatter
     )
     d.add_argument("--seed", type=int, default=DEMO_SEED, help="seed of the initial noise")
-    d.add_argument("--steps", type=int, default=defaults.STEPS, help="DDIM steps")
+    d.add_argument("--steps", type=int, help=f"sampling steps (default: {defaults.STEPS} DDIM steps)")
+    d.add_argument("--sampler", help="ddim (default) or dpm++")
     d.add_argument("--out", default="demo.png", help="the picture to write")
     model_options(d)
     d.set_defaults(run=cmd_demo)

@@ -151,6 +151,22 @@ def test_replace_with_no_steps_is_the_plain_target_and_reweight_at_one_is_no_edi
     assert (images(pipe, [SOURCE, TARGET], controller=late)[1] - edited[1]).abs().max() > 10 * noise
 
 
+def test_a_batch_and_a_recording_are_the_same_edits_on_joint_attention(model):
+    pipe, _ = model
+    run = dict(seed=5, steps=4, output="tensor", progress=False)
+    targets = [TARGET, SOURCE.replace("red", "blue")]
+    batch = pipe.edit(SOURCE, targets, blend=[["circle", "square"], None], **run)
+    for n, target in enumerate(targets):
+        alone = pipe.edit(SOURCE, target, blend=[["circle", "square"], None][n], **run)
+        assert (batch[n + 1] - alone[1]).abs().max() < 1e-3
+    recording = pipe.record(SOURCE, seed=5, steps=4, progress=False)
+    assert any(k.endswith(":image->image") for k in recording.maps)
+    replayed = pipe.edit(
+        recording, targets, blend=[["circle", "square"], None], output="tensor", progress=False
+    )
+    assert (replayed - batch).abs().max() < 1e-3
+
+
 def test_direct_inversion_reconstructs_exactly(model):
     pipe, _ = model
     image = images(pipe, [SOURCE]).clamp(-1, 1)
@@ -246,7 +262,7 @@ def test_the_text_encoders_may_come_apart_and_long_prompts_are_refused(files, tm
     sd3 = minip2p.load(out["sd3"][0])  # no T5: the CLIPs' 77 tokens are all there is
     with pytest.raises(ValueError, match="more than the 77"):
         sd3.generate([" ".join(WORDS * 8)], seed=0, progress=False)
-    with pytest.raises(ValueError, match="eta: flow matching"):
+    with pytest.raises(ValueError, match="eta is DDIM.s noise; sampler .euler."):
         sd3.generate([SOURCE], seed=0, eta=0.5, progress=False)
     with pytest.raises(ValueError, match="cross_places must be None"):
         make_edit(SOURCE, TARGET, sd3.tokenizer, cross_places=["nowhere"])
