@@ -330,6 +330,12 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--threads", type=int, default=1, help="torch threads per worker (fixed: results depend on it)"
     )
+    w.add_argument(
+        "--batch",
+        type=int,
+        default=defaults.SWEEP_BATCH,
+        help="edits of one source and seed computed in one batch (fixed: results depend on it)",
+    )
     w.add_argument("--ray", action="store_true", help="run the workers on Ray (pip install 'minip2p[scale]')")
     w.add_argument("--ray-address", help="an existing Ray cluster (default: a local Ray for this run)")
     w.add_argument(
@@ -361,6 +367,7 @@ def cmd_sweep(args):
             weights=args.weights,
             workers=args.workers,
             threads=args.threads,
+            batch=args.batch,
             ray=args.ray,
             ray_address=args.ray_address,
             clip=args.clip,

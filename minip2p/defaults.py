@@ -13,6 +13,7 @@ SDXL_GUIDANCE_SCALE = 5.0  # SDXL's (diffusers' StableDiffusionXLPipeline)
 SD3_STEPS = 28  # SD3's Euler steps (diffusers' StableDiffusion3Pipeline)
 SD3_GUIDANCE_SCALE = 7.0  # SD3's guidance (the same)
 ETA = 0.0  # DDIM eta: 0 is deterministic
+SWEEP_BATCH = 4  # a sweep computes up to this many edits of one source and seed in one batch
 SEED = 0  # the command line's seed (the API draws one at random when seed is None, and reports it)
 
 # Prompt-to-Prompt edits

@@ -34,39 +34,74 @@ class Worker:
             self.fatal = str(e)
         self.shapes = weights is None
 
-    def run(self, item) -> dict:
-        """-> {"key", "metrics", "seconds", "png": {"source": bytes, "edited": bytes}}, plus "error" if the
-        edit failed (its message), or only {"fatal": message} if this worker has no model."""
+    def run(self, items: list) -> list:
+        """A batch of items (one source and seed, `sweep.batches`) -> a result each: {"key", "metrics",
+        "seconds", "png": {"source": bytes, "edited": bytes}}, or with "error" (the message) where the edit
+        failed; [{"fatal": message}] if this worker has no model."""
         if self.fatal is not None:
-            return {"fatal": self.fatal}
+            return [{"fatal": self.fatal}]
         threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
             t0 = time.perf_counter()
-            s = dict(item.settings)
-            source, target = s.pop("source"), s.pop("target")
-            for k in ("cross_replace_steps", "self_replace_steps"):
-                s[k] = tuple(s[k]) if isinstance(s[k], list) else s[k]  # a (start, end) window
             try:
-                images = self.pipe.edit(source, target, progress=False, **s)
+                images = self.edit(items)
             except (
                 ValueError,
                 RuntimeError,
-            ) as e:  # this edit only (NaN in fp16, a map size the model lacks)
-                return {"key": item.key, "metrics": {}, "seconds": time.perf_counter() - t0, "error": str(e)}
-            metrics = {}
-            if self.shapes:
-                metrics.update(shapes_metrics(*images, source, target))
-            if self.clip is not None:
-                metrics.update(self.clip(*images, source, target))
-            png = {}
-            for name, image in zip(("source", "edited"), images):
-                buffer = io.BytesIO()
-                image.save(buffer, format="PNG")
-                png[name] = buffer.getvalue()
-            return {"key": item.key, "metrics": metrics, "seconds": time.perf_counter() - t0, "png": png}
+            ) as e:  # this batch only (NaN in fp16, a map size the model lacks)
+                if len(items) > 1:  # which edit failed: each alone
+                    return [r for item in items for r in self.run([item])]
+                return [
+                    {"key": items[0].key, "metrics": {}, "seconds": time.perf_counter() - t0, "error": str(e)}
+                ]
+            seconds = (time.perf_counter() - t0) / len(items)
+            return [self.result(item, images[0], edited, seconds) for item, edited in zip(items, images[1:])]
         finally:
             torch.set_num_threads(threads)
+
+    def edit(self, items: list) -> list:
+        """One sampling pass: the source and every item's target, each with its own edit settings."""
+        first = items[0].settings
+        shared = {k: first[k] for k in ("seed", "steps", "guidance_scale", "sampler")}
+        columns = {k: [edit_value(k, i.settings.get(k)) for i in items] for k in EDIT_KEYS}
+        targets = [i.settings["target"] for i in items]
+        return self.pipe.edit(first["source"], targets, progress=False, **shared, **columns)
+
+    def result(self, item, source_image, edited, seconds: float) -> dict:
+        source, target = item.settings["source"], item.settings["target"]
+        metrics = {}
+        if self.shapes:
+            metrics.update(shapes_metrics(source_image, edited, source, target))
+        if self.clip is not None:
+            metrics.update(self.clip(source_image, edited, source, target))
+        png = {}
+        for name, image in zip(("source", "edited"), (source_image, edited)):
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            png[name] = buffer.getvalue()
+        return {"key": item.key, "metrics": metrics, "seconds": seconds, "png": png}
+
+
+EDIT_KEYS = (
+    "kind",
+    "blend",
+    "reweight",
+    "cross_replace_steps",
+    "self_replace_steps",
+    "cross_places",
+    "self_places",
+)
+
+
+def edit_value(name: str, value):
+    """An item's edit setting as one target's entry of `Pipeline.edit`'s per-target lists: windows as
+    (start, end) tuples, blend words and places as lists (or None)."""
+    if name.endswith("_replace_steps"):
+        return tuple(value) if isinstance(value, list) else value
+    if name in ("blend", "cross_places", "self_places") and value is not None:
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+    return value
 
 
 def check_ray():
@@ -80,15 +115,16 @@ def check_ray():
 
 
 def results(items, options: dict, workers: int, ray: bool, ray_address):
-    """Compute every item -> its results, in the order they finish (no model is loaded for no items)."""
+    """Compute every batch of items -> each batch's results, in the order they finish (no model is loaded
+    for no items)."""
     if not items:
         return
     if ray:
         yield from ray_results(items, options, workers, ray_address)
     elif workers == 1:
         worker = Worker(**options)
-        for item in items:
-            yield worker.run(item)
+        for batch in items:
+            yield worker.run(batch)
     else:
         yield from process_results(items, options, workers)
 
@@ -99,8 +135,8 @@ def _start(options):
     _worker = Worker(**options)
 
 
-def _run(item):
-    return _worker.run(item)
+def _run(batch):
+    return _worker.run(batch)
 
 
 def process_results(items, options, workers):

@@ -231,13 +231,13 @@ def test_an_interrupted_sweep_loses_nothing_and_resumes(tmp_path):
 def test_a_failing_edit_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, cli):
     edit = minip2p.Pipeline.edit
 
-    def fails_for_squares(self, source, target, **options):
-        if "square" in target and "triangle" not in target:
+    def fails_for_squares(self, source, targets, **options):
+        if any("square" in t and "triangle" not in t for t in targets):
             raise ValueError("this edit cannot be done")
-        return edit(self, source, target, **options)
+        return edit(self, source, targets, **options)
 
     monkeypatch.setattr(minip2p.Pipeline, "edit", fails_for_squares)
-    spec = [SPEC[0], dict(SPEC[1], id="fails")]
+    spec = [SPEC[0], dict(SPEC[1], id="fails")]  # in a batch with SPEC[0]'s seed 0: run alone, it fails
     code, out, err = cli("sweep", write_spec(tmp_path / "s.jsonl", spec), "--out", tmp_path / "o", "--quiet")
     assert code == 0 and "5 edits" in out and "1 failed" in out
     failed = read_results(tmp_path / "o" / "results.jsonl")["fails_seed0_cross0.8_self0.4"]
@@ -282,3 +282,35 @@ def test_a_sweep_takes_the_models_guidance(tmp_path, sdxl_ckpt):
             assert np.array_equal(got, np.asarray(edited)) == same, scale
     finally:
         torch.set_num_threads(threads)
+
+
+def test_batches_are_a_function_of_the_spec_and_equal_the_edits_one_by_one(tmp_path):
+    from minip2p.sweep import batches, read_spec
+
+    spec = SPEC + [{"id": "dpm", "source": SWAP[0], "target": SWAP[1], "sampler": "dpm++", "steps": 4}]
+    tokenizer = load_tokenizer(TextConfig(), TOKENIZER_DIR)
+    items = read_spec(spec, tokenizer)
+    grouped = batches(items, 2)
+    assert [len(b) for b in grouped] == [2, 1, 2, 1]  # seed 0: 2 swaps + the reweight; seed 1; dpm++
+    assert [i.key for b in grouped for i in b] == [i.key for i in items if i.settings["seed"] == 0][:3] + [
+        i.key for i in items if i.settings["seed"] == 1
+    ] + [items[-1].key]
+    one = minip2p.sweep(spec, tmp_path / "one", batch=1, progress=False)
+    four = minip2p.sweep(spec, tmp_path / "four", batch=4, progress=False)
+    assert [r["key"] for r in one] == [r["key"] for r in four] and one[-1]["settings"]["sampler"] == "dpm++"
+    for a, b in zip(one, four):
+        for name in a["images"]:
+            pa, pb = (
+                np.asarray(Image.open(d / r["images"][name]), dtype=int)
+                for d, r in [(tmp_path / "one", a), (tmp_path / "four", b)]
+            )
+            assert np.abs(pa - pb).max() <= 1  # within 1e-3 of the image: one level of 8 bits
+    results = tmp_path / "four" / "results.jsonl"
+    lines = results.read_text().splitlines()
+    results.write_text("\n".join(lines[:1] + lines[2:]) + "\n")  # one item of a batch lost: it is run again
+    again = minip2p.sweep(spec, tmp_path / "four", batch=4, progress=False)
+    assert comparable(again) == comparable(four) and images(tmp_path / "four", again) == images(
+        tmp_path / "four", four
+    )
+    with pytest.raises(ValueError, match="batch 4 -> 2"):
+        minip2p.sweep(spec, tmp_path / "four", batch=2, progress=False)
