@@ -1,6 +1,7 @@
 """What Prompt-to-Prompt edits do on the shapes model, measured with the analyser over many seeds.
 
     python benchmarks/shapes_edits.py [--seeds 50] [--reweight-seeds 12] [--steps 50] [--dtype bfloat16]
+    python benchmarks/shapes_edits.py --sampler dpm++ --steps 20
 
 - Word swap (Replace) of one object's shape or colour: does the edited object take the new attribute, does the
   other object keep its mask (IoU with the source's) and the background stay? Against plain same-seed
@@ -27,10 +28,12 @@ def main():
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="the model's precision")
     p.add_argument("--seeds", type=int, default=50)
     p.add_argument("--reweight-seeds", type=int, default=12)
-    p.add_argument("--steps", type=int, default=defaults.STEPS)
+    p.add_argument("--steps", type=int, help="sampling steps (default: the sampler's, DDIM 50, DPM++ 20)")
+    p.add_argument("--sampler", default=defaults.SAMPLER, choices=["ddim", "dpm++"])
     args = p.parse_args()
     pipe = minip2p.load(args.weights, dtype=args.dtype)
-    options = dict(steps=args.steps, progress=False)
+    args.steps = args.steps or pipe.default_steps(args.sampler)
+    options = dict(steps=args.steps, sampler=args.sampler, progress=False)
 
     rows = {"Replace": [], "plain target": [], "Replace + LocalBlend": []}
     for seed in range(args.seeds):
@@ -39,7 +42,7 @@ def main():
     n = len(rows["Replace"])
     print(
         f"word swaps: {n} of {args.seeds} seeds whose source image shows its prompt "
-        f"({args.steps} DDIM steps, guidance {defaults.GUIDANCE_SCALE}, {args.dtype})"
+        f"({args.steps} {args.sampler} steps, guidance {defaults.GUIDANCE_SCALE}, {args.dtype})"
     )
     print(
         header(

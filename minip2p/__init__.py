@@ -3,16 +3,19 @@
 __version__ = "0.2.0"
 
 from .attention import Controller, Place, attention
+from .batch import EditBatch, make_edits
 from .blend import LocalBlend
 from .checkpoint import save_checkpoint
 from .config import ModelConfig
 from .ddim import DDIM
+from .dpm import DPMSolver
 from .flow import FlowMatchEuler
 from .inversion import Inversion
 from .loading import load
 from .mmdit import MMDiT, MMDiTConfig
 from .p2p import Refine, Replace, Reweight, make_edit
 from .pipeline import Pipeline
+from .recording import Recording
 from .sd3 import SD3Config, SD3Pipeline
 from .store import AttentionStore
 from .sweep import sweep
@@ -24,6 +27,8 @@ __all__ = [
     "AttentionStore",
     "Controller",
     "DDIM",
+    "DPMSolver",
+    "EditBatch",
     "FlowMatchEuler",
     "Inversion",
     "LocalBlend",
@@ -32,6 +37,7 @@ __all__ = [
     "ModelConfig",
     "Pipeline",
     "Place",
+    "Recording",
     "Refine",
     "Replace",
     "Reweight",
@@ -45,6 +51,7 @@ __all__ = [
     "attention",
     "load",
     "make_edit",
+    "make_edits",
     "save_checkpoint",
     "sweep",
 ]

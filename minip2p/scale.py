@@ -1,6 +1,7 @@
 """Where a sweep's items are computed: in this process, in N local processes, or on Ray workers (one model per
-worker, a GPU each where the cluster has them). Each yields the workers' results as they finish; the driver
-(`sweep.sweep`) alone writes files, so a worker that dies loses only the items it held, run again.
+worker, a GPU each where the cluster has them), a batch of items (`sweep.batches`) at a time. Each yields the
+workers' results as they finish; the driver (`sweep.sweep`) alone writes files, so a worker that dies loses
+only the batches it held, run again.
 """
 
 import io
@@ -140,7 +141,7 @@ def _run(batch):
 
 
 def process_results(items, options, workers):
-    """N spawned processes (fork would copy the driver's threads and torch state), at most one item queued
+    """N spawned processes (fork would copy the driver's threads and torch state), at most one batch queued
     per worker beyond the one it computes, so that an interruption leaves little in flight."""
     context = multiprocessing.get_context("spawn")
     pending, deaths = list(reversed(items)), 0
