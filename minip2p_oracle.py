@@ -107,6 +107,22 @@ def sd_pipeline(unet, vae, text_encoder, tokenizer, scheduler=None) -> StableDif
     return pipe
 
 
+def sd_images(pipe: StableDiffusionPipeline, prompts, steps: int, latent) -> torch.Tensor:
+    """diffusers' images (B, 3, H, W) in [0, 1] of `prompts` from one latent (1, 4, h, w), guidance 7.5."""
+    h, w = (8 * s for s in latent.shape[2:])
+    latents = latent.expand(len(prompts), -1, -1, -1).clone()
+    out = pipe(
+        prompts,
+        height=h,
+        width=w,
+        num_inference_steps=steps,
+        guidance_scale=7.5,
+        latents=latents,
+        output_type="pt",
+    )
+    return out.images
+
+
 def sdxl_text_encoders(sd: dict, cfg: ModelConfig) -> tuple:
     """SDXL's two text encoders as diffusers reads them from a single file: CLIP ViT-L by its CLIP converter,
     OpenCLIP bigG by its OpenCLIP converter into a CLIPTextModelWithProjection."""

@@ -90,21 +90,12 @@ def cmd_demo(args):
     out = check_output(args.out, IMAGE_SUFFIXES)  # before the model is even loaded
     pipe = load_model(args)  # the bundled shapes-world model
     images, captions = [], []
-    for label, source, target, options in DEMO:
-        src, edited = pipe.edit(
-            source,
-            target,
-            seed=args.seed,
-            steps=args.steps,
-            sampler=args.sampler,
-            progress=not args.quiet,
-            **options,
-        )
-        if f"source: {source}" not in captions:
-            images.append(src)
-            captions.append(f"source: {source}")
-        images.append(edited)
-        captions.append(label)
+    for source in dict.fromkeys(s for _, s, _, _ in DEMO):  # the edits of one source: one batch
+        edits = [(label, target, o) for label, s, target, o in DEMO if s == source]
+        options = {k: [o.get(k) for _, _, o in edits] for k in {k for _, _, o in edits for k in o}}
+        run = dict(seed=args.seed, steps=args.steps, sampler=args.sampler, progress=not args.quiet)
+        images += pipe.edit(source, [target for _, target, _ in edits], **run, **options)
+        captions += [f"source: {source}"] + [label for label, _, _ in edits]
     save_image(image_grid(images, captions, min_size=384, columns=len(images)), out)
     sources = len(images) - len(DEMO)
     print(f"wrote {out.resolve()}: {len(DEMO)} Prompt-to-Prompt edits of {sources} source images")

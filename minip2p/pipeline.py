@@ -26,6 +26,11 @@ OUTPUTS = ("pil", "latent", "tensor")
 EDIT_OPTIONS = set(inspect.signature(make_edit).parameters) - {"source", "target", "tokenizer"}
 
 
+def check_output_kind(output: str):
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
+
+
 def choose_vae_dtype(cfg: ckpt.ModelConfig, dtype, vae_dtype):
     """The VAE's dtype: the one asked for, else the model's, except float32 for a VAE known to overflow in
     float16 (`cfg.vae.upcast`)."""
@@ -197,7 +202,7 @@ class Pipeline:
 
     def run(self, p: sampling.Plan, o: sampling.Options):
         """A plan's steps, as the generator `steps` returns."""
-        model = partial(self.predict, controller=p.controller)
+        model = partial(self.predict, controller=p.attends)
         records = denoise(model, p.ddim, p.latents, p.guidance, p.controller, p.noise, p.sources)
         bar = tqdm(records, total=p.ddim.steps, desc="sampling", disable=not o.progress, leave=False)
         return sampling.finite_steps(bar, p.ddim.steps, p.guidance.scale)
@@ -233,13 +238,8 @@ class Pipeline:
         """Text to image, one image per prompt, all from the same initial noise (`sample`'s options; 50 steps
         and guidance 7.5 (SDXL: 5.0) unless given). output: "pil" (a list of PIL images), "tensor" ((B, 3, H,
         W) in [-1, 1]) or "latent" (UNet-space latents, before the VAE)."""
-        if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
-        x = self.sample(prompts, **options)
-        if output == "latent":
-            return x
-        images = self.decode(x)
-        return images if output == "tensor" else to_pil(images)
+        check_output_kind(output)
+        return self.output(self.sample(prompts, **options), output)
 
     def invert(self, image, prompt: str, **options) -> Inversion:
         """Invert a real image (path, PIL or tensor) described by `prompt` -> `Inversion` for `generate`
@@ -259,26 +259,28 @@ class Pipeline:
         targets each option is one value for all or a list of one per target (`batch.per_target`). The others
         go to `generate` (seed, steps, sampler, inversion, ...)."""
         recording = source if isinstance(source, Recording) else options.pop("recording", None)
-        source = recording.prompt if isinstance(source, Recording) else source
+        source = source.prompt if isinstance(source, Recording) else source
         edit_options = {k: options.pop(k) for k in list(options) if k in EDIT_OPTIONS}
-        targets = target if isinstance(target, list) else [target]
-        if isinstance(target, list):
-            controller = make_edits(source, target, self.tokenizer, **edit_options)
-        else:
-            controller = make_edit(source, target, self.tokenizer, **edit_options)
+        several = isinstance(target, list)
+        controller = (make_edits if several else make_edit)(source, target, self.tokenizer, **edit_options)
+        targets = target if several else [target]
         if recording is None:
             return self.generate([source, *targets], controller=controller, **options)
-        edits = controller.edits if isinstance(target, list) else [controller]
-        recording.check(self, source, edits)
-        sampling_options = recording.sampling(options)
-        output = sampling_options.pop("output", "pil")
-        x = self.generate(
-            targets, controller=controller, recording=recording, output="latent", **sampling_options
-        )
-        x = torch.cat([recording.latents[-1].to(x), x])
+        recording.check(self, source, controller.edits if several else [controller])
+        return self.replay(recording, targets, controller, **recording.sampling(options))
+
+    def replay(self, recording, targets: list, controller, *, output: str = "pil", **options):
+        """An edit's targets sampled alone, its source's branch from `recording` -> the images of [source,
+        *targets], as `generate` gives them."""
+        check_output_kind(output)
+        x = self.sample(targets, controller=controller, recording=recording, **options)
+        return self.output(torch.cat([recording.latents[-1].to(x), x]), output)
+
+    def output(self, latents, output: str):
+        """Final latents -> what `generate` returns for `output`."""
         if output == "latent":
-            return x
-        images = self.decode(x)
+            return latents
+        images = self.decode(latents)
         return images if output == "tensor" else to_pil(images)
 
     def record(self, prompt: str | None = None, *, self_max_fraction=defaults.SELF_MAX_FRACTION, **options):
@@ -291,6 +293,10 @@ class Pipeline:
         prompt = inversion.prompt if prompt is None and inversion is not None else prompt
         if options.get("eta"):
             raise ValueError("eta: a recording replays deterministic sampling; leave eta at 0")
+        if "controller" in options:
+            raise ValueError(
+                "controller: a recording's controller is its own (it keeps the maps); leave it out"
+            )
         recorder = Recorder(self_max_fraction)
         o = self.options(dict(options, controller=recorder))
         with torch.no_grad():

@@ -58,7 +58,8 @@ class Plan:
     ddim: object  # the sampler: ddim.DDIM, or flow.FlowMatchEuler for SD3
     latents: torch.Tensor  # (B, C, h, w) fp32 start latents, one noise shared by all prompts
     guidance: Guidance
-    controller: Controller
+    controller: Controller  # its step hooks run always (with no controller: do-nothing ones)
+    attends: Controller | None  # what attention asks (None: nothing asks; the fused kernels everywhere)
     noise: object  # () -> fresh noise for eta > 0, or None
     sources: torch.Tensor | None  # Direct Inversion: (steps, 1, C, h, w) where the source is after each step
 
@@ -96,8 +97,9 @@ def plan(pipe, prompts, o: Options) -> Plan:
     controller = o.controller or Controller()  # with no controller, its hooks do nothing
     controller = controller if rec is None else Replay(controller, rec)
     controller.start(steps, x.shape[2:], pipe.device)
+    attends = None if o.controller is None and rec is None else controller
     ddim = pipe.scheduler(steps, offset, eta, sampler, follow_ddim=inv is not None)
-    return Plan(ddim, x, Guidance(cond, nulls, scale, y), controller, noise, sources)
+    return Plan(ddim, x, Guidance(cond, nulls, scale, y), controller, attends, noise, sources)
 
 
 def check_sampler(pipe, sampler, eta, inversion) -> tuple:

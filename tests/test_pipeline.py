@@ -48,6 +48,18 @@ def test_outputs_are_one_computation(pipe):
         pipe.generate(["a cat"], steps=1, output="png")
 
 
+def test_without_a_controller_attention_takes_the_fused_kernels(pipe, monkeypatch):
+    seen, predict = [], minip2p.Pipeline.predict
+
+    def spy(self, *args, controller=None, **kw):
+        seen.append(controller)
+        return predict(self, *args, controller=controller, **kw)
+
+    monkeypatch.setattr(minip2p.Pipeline, "predict", spy)
+    pipe.sample(["a red circle"], seed=0, steps=2, progress=False)
+    assert seen == [None, None]  # no controller asks for a map: none is computed explicitly
+
+
 def test_eta_adds_seeded_noise(pipe):
     a = pipe.sample(["a cat"], seed=3, steps=3, eta=1.0, progress=False)
     b = pipe.sample(["a cat"], seed=3, steps=3, eta=1.0, progress=False)
