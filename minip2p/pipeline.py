@@ -17,7 +17,7 @@ from .images import to_pil, to_tensor
 from .inversion import Inversion, invert
 from .layers import size_conditioning
 from .p2p import make_edit
-from .recording import Recorder, Recording
+from .recording import Recording, record
 from .text import encode_text, tokenize
 from .unet import UNet
 from .vae import VAE
@@ -187,10 +187,7 @@ class Pipeline:
         Every prompt starts from the same noise: `latents`, else drawn from `generator` or `seed`. With
         `inversion` (from `invert`), sampling starts from its noise and uses its per-step null embeddings,
         steps, guidance and schedule, so that the first prompt reconstructs the inverted image."""
-        o = self.options(options)
-        with torch.no_grad():
-            p = sampling.plan(self, prompts, o)
-        return self.run(p, o)
+        return self.run(*self.plan(prompts, options))
 
     def options(self, options: dict) -> sampling.Options:
         unknown = set(options) - sampling.OPTIONS
@@ -286,35 +283,11 @@ class Pipeline:
     def record(self, prompt: str | None = None, *, self_max_fraction=defaults.SELF_MAX_FRACTION, **options):
         """The source branch of later edits, sampled once -> `Recording` (its latents after every step, its
         maps at every place an edit reads; `edit(recording, target)` samples only the target). Sampling
-        options as `generate`'s; with `inversion`, the inverted image's (prompt: the inversion's).
-        self_max_fraction: the largest self-attention map kept, as an edit's (an edit may ask for no
-        larger)."""
-        inversion = options.get("inversion")
-        prompt = inversion.prompt if prompt is None and inversion is not None else prompt
-        if options.get("eta"):
-            raise ValueError("eta: a recording replays deterministic sampling; leave eta at 0")
-        if "controller" in options:
-            raise ValueError(
-                "controller: a recording's controller is its own (it keeps the maps); leave it out"
-            )
-        recorder = Recorder(self_max_fraction)
-        o = self.options(dict(options, controller=recorder))
+        options as `generate`'s; with `inversion`, the inverted image's (prompt: the inversion's)."""
+        return record(self, prompt, self_max_fraction, **options)
+
+    def plan(self, prompts, options: dict) -> tuple:
+        """-> (sampling.Plan, sampling.Options) for `run`: every option checked, the prompts encoded."""
+        o = self.options(options)
         with torch.no_grad():
-            p = sampling.plan(self, [prompt], o)
-        latents = [p.latents.clone()] + [r.latents.clone() for r in self.run(p, o)]
-        maps = {k: torch.stack(v) for k, v in recorder.maps.items()}
-        cell = self.pixels_per_cell
-        settings = dict(
-            steps=p.ddim.steps,
-            guidance_scale=p.guidance.scale,
-            sampler=o.sampler or self.samplers[0],
-            steps_offset=o.steps_offset if inversion is None else inversion.steps_offset,
-            negative_prompt=o.negative_prompt,
-            height=p.latents.shape[2] * cell,
-            width=p.latents.shape[3] * cell,
-            original_size=o.original_size,
-            crops_coords_top_left=o.crops_coords_top_left,
-            target_size=o.target_size,
-            self_max_fraction=recorder.fraction,
-        )
-        return Recording(prompt, torch.stack(latents), maps, settings, self.probe(), inversion)
+            return sampling.plan(self, prompts, o), o

@@ -168,6 +168,34 @@ def check_loaded(r: Recording, path) -> Recording:
     return r
 
 
+def record(pipe, prompt, self_max_fraction: float, **options) -> Recording:
+    """`Pipeline.record`: the source sampled alone, a `Recorder` keeping its maps. self_max_fraction: the
+    largest self-attention map kept, as an edit's (an edit from the recording may ask for no larger)."""
+    inversion = options.get("inversion")
+    prompt = inversion.prompt if prompt is None and inversion is not None else prompt
+    if options.get("eta"):
+        raise ValueError("eta: a recording replays deterministic sampling; leave eta at 0")
+    if "controller" in options:
+        raise ValueError("controller: a recording's controller is its own (it keeps the maps); leave it out")
+    recorder = Recorder(self_max_fraction)
+    p, o = pipe.plan([prompt], dict(options, controller=recorder))
+    latents = [p.latents.clone()] + [r.latents.clone() for r in pipe.run(p, o)]
+    height, width = (s * pipe.pixels_per_cell for s in p.latents.shape[2:])
+    settings = dict(
+        steps=p.ddim.steps,
+        guidance_scale=p.guidance.scale,
+        sampler=o.sampler or pipe.samplers[0],
+        steps_offset=o.steps_offset if inversion is None else inversion.steps_offset,
+        negative_prompt=o.negative_prompt,
+        height=height,
+        width=width,
+        **{k: getattr(o, k) for k in SIZES},
+        self_max_fraction=recorder.fraction,
+    )
+    maps = {k: torch.stack(v) for k, v in recorder.maps.items()}
+    return Recording(prompt, torch.stack(latents), maps, settings, pipe.probe(), inversion)
+
+
 class Replay(Controller):
     """An edit run on the target rows alone: the source's rows of every map and latent from a recording."""
 
