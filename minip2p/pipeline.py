@@ -264,7 +264,7 @@ class Pipeline:
         if recording is None:
             return self.generate([source, *targets], controller=controller, **options)
         recording.check(self, source, controller.edits if several else [controller])
-        return self.replay(recording, targets, controller, **recording.sampling(options))
+        return self.replay(recording, targets, controller, **options)
 
     def replay(self, recording, targets: list, controller, *, output: str = "pil", **options):
         """An edit's targets sampled alone, its source's branch from `recording` -> the images of [source,
@@ -288,6 +288,10 @@ class Pipeline:
 
     def plan(self, prompts, options: dict) -> tuple:
         """-> (sampling.Plan, sampling.Options) for `run`: every option checked, the prompts encoded."""
+        recording = options.get("recording")
+        if recording is not None:  # its own noise, steps and settings, whoever samples from it
+            given = {k: v for k, v in options.items() if k != "recording"}
+            options = {**recording.sampling(given), "recording": recording}
         o = self.options(options)
         with torch.no_grad():
             return sampling.plan(self, prompts, o), o

@@ -102,6 +102,10 @@ def test_a_recording_refuses_what_it_cannot_replay(pipe, small_ckpt, tmp_path):
         (lambda: pipe.edit(recording, TARGETS[0], seed=2), "seed: a recording holds its start noise"),
         (lambda: pipe.edit(recording, TARGETS[0], self_max_fraction=1.0), "kept self-attention up to 0.25"),
         (lambda: pipe.record(SOURCE, seed=1, steps=3, eta=0.5), "eta: a recording replays"),
+        (
+            lambda: pipe.generate([TARGETS[0]], recording=recording, steps=4),
+            "steps=4: the recording was made",
+        ),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
