@@ -29,7 +29,7 @@ def main():
     p.add_argument("--seeds", type=int, default=50)
     p.add_argument("--reweight-seeds", type=int, default=12)
     p.add_argument("--steps", type=int, help="sampling steps (default: the sampler's, DDIM 50, DPM++ 20)")
-    p.add_argument("--sampler", default=defaults.SAMPLER, choices=["ddim", "dpm++"])
+    p.add_argument("--sampler", default=defaults.SAMPLERS[0], choices=list(defaults.SAMPLERS))
     args = p.parse_args()
     pipe = minip2p.load(args.weights, dtype=args.dtype)
     args.steps = args.steps or pipe.default_steps(args.sampler)

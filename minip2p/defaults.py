@@ -6,7 +6,7 @@ notebook (google/prompt-to-prompt, prompt-to-prompt_stable.ipynb) unless a comme
 
 # sampling
 STEPS = 50  # DDIM steps
-SAMPLER = "ddim"  # the paper's sampler; "dpm++" (DPM-Solver++(2M)) reaches the same images in fewer steps
+SAMPLERS = ("ddim", "dpm++")  # the paper's DDIM first (the default); DPM-Solver++(2M) needs fewer steps
 DPM_STEPS = 20  # DPM-Solver++'s steps (diffusers' recommendation: 20-25)
 GUIDANCE_SCALE = 7.5  # classifier-free guidance
 SDXL_GUIDANCE_SCALE = 5.0  # SDXL's (diffusers' StableDiffusionXLPipeline)

@@ -112,7 +112,7 @@ class Pipeline:
     @property
     def samplers(self) -> tuple:
         """The samplers this model takes, its default first."""
-        return ("ddim", "dpm++")
+        return defaults.SAMPLERS
 
     def default_steps(self, sampler: str | None = None) -> int:
         return defaults.DPM_STEPS if sampler == "dpm++" else defaults.STEPS

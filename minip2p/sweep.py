@@ -101,9 +101,9 @@ def line_items(d, n: int, tokenizer) -> list:
     if not isinstance(seeds, list) or not seeds:
         raise ValueError(f'"seeds" must be a non-empty list of seeds, not {seeds!r}')
     seeds = [check_seed(s) for s in seeds]
-    sampler = d.get("sampler", defaults.SAMPLER)
-    if sampler not in ("ddim", "dpm++"):
-        raise ValueError(f'"sampler" must be "ddim" or "dpm++", not {sampler!r}')
+    sampler = d.get("sampler", defaults.SAMPLERS[0])
+    if sampler not in defaults.SAMPLERS:
+        raise ValueError(f'"sampler" must be one of {list(defaults.SAMPLERS)}, not {sampler!r}')
     default_steps = defaults.DPM_STEPS if sampler == "dpm++" else defaults.STEPS
     steps = check_whole(d.get("steps", default_steps), "steps", 1, TRAIN_STEPS)
     guidance = d.get("guidance_scale")  # None: the model's own (SD 7.5, SDXL 5.0), as pipe.edit's
@@ -286,9 +286,7 @@ def sweep(
     workers, threads = check_whole(workers, "workers", 1, 1024), check_whole(threads, "threads", 1, 1024)
     batch = check_whole(batch, "batch", 1, 64)
     check_model_options(weights, device, dtype, vae_dtype)
-    folder = Path(weights) / "tokenizer" if weights and Path(weights).is_dir() else None
-    tokenizer = load_tokenizer(TextConfig(), folder if folder and folder.is_dir() else TOKENIZER_DIR)
-    items = read_spec(spec, tokenizer)
+    items = read_spec(spec, sweep_tokenizer(weights))
     metrics = (SHAPES_METRICS if weights is None else ()) + (CLIP_METRICS if clip else ())
     conditions = parse_keep(keep, metrics)
     if clip:
@@ -313,13 +311,28 @@ def sweep(
     bar = tqdm(
         total=len(items), initial=len(items) - len(by_key), desc="sweep", unit="edit", disable=not progress
     )
-    with open(path, "a") as f, bar, closing(results(todo, options, workers, ray, ray_address)) as computed:
+    computed = results(todo, options, workers, ray, ray_address)
+    done.update(write(path, computed, by_key, out, conditions, bar))
+    return [done[i.key] for i in items]
+
+
+def write(path: Path, computed, by_key: dict, out: Path, conditions: list, bar) -> dict:
+    """Each batch's results as they come -> {key: record} of those written; an item of the batch finished
+    before (a resume re-runs its batch whole) keeps its first record."""
+    records = {}
+    with open(path, "a") as f, bar, closing(computed):
         for batch_results in computed:
             for result in batch_results:
-                if result.get("key") in by_key or "fatal" in result:  # an item finished before: kept
-                    done.update(append(f, result, by_key, out, conditions))
+                if result.get("key") in by_key or "fatal" in result:
+                    records.update(append(f, result, by_key, out, conditions))
                     bar.update()
-    return [done[i.key] for i in items]
+    return records
+
+
+def sweep_tokenizer(weights):
+    """The tokenizer a spec's words are checked with: a diffusers folder's own, else the bundled CLIP one."""
+    folder = Path(weights) / "tokenizer" if weights and Path(weights).is_dir() else None
+    return load_tokenizer(TextConfig(), folder if folder and folder.is_dir() else TOKENIZER_DIR)
 
 
 def check_model_options(weights, device, dtype, vae_dtype):

@@ -205,6 +205,7 @@ def test_an_interrupted_sweep_loses_nothing_and_resumes(tmp_path):
     path, out = write_spec(tmp_path / "s.jsonl", spec), tmp_path / "o"
     results = out / "results.jsonl"
     command = [sys.executable, "-m", "minip2p", "sweep", str(path), "--out", str(out), "--workers", "2"]
+    command += ["--batch", "1"]  # results one by one, as the waits below count them (batched resumes: below)
     driver = subprocess.Popen(command + ["--quiet"], stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c)
     wait_for(lambda: lines(results) >= 2)
     workers = [
