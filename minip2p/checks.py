@@ -12,19 +12,28 @@ import torch
 
 # torch's CPU generator (mt19937) keeps the low 32 bits of a seed: larger seeds would give the same noise
 SEED_LIMIT = 2**32
+DEVICES = "cpu, cuda, cuda:1 or mps"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # by name
 
 
-def short(text: str, limit: int = 80) -> str:
-    """A user's text, cut for an error message (a 50,000-character prompt is not echoed whole)."""
-    text = str(text)
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+def short(value, limit: int = 80) -> str:
+    """A user's value as an error message shows it: its repr (control characters escaped), cut at `limit`
+    (a 50,000-character prompt or a 4,000-digit seed is not echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def short_path(path, limit: int = 200) -> str:
+    """A path as an error message shows it: as is when printable, else its repr (no terminal escapes from a
+    file name reach the terminal); cut at `limit`."""
+    text = str(path)
+    return text if text.isprintable() and len(text) <= limit else short(text, limit)
 
 
 def check_finite(value, name: str) -> float:
     """A real number that is not NaN or infinite."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, not {value!r}")
+        raise ValueError(f"{name} must be a finite number, not {short(value)}")
     return float(value)
 
 
@@ -39,10 +48,10 @@ def check_range(value, name: str, low: float, high: float, low_open: bool = Fals
 def check_whole(value, name: str, low: int = 1, high: int | None = None) -> int:
     """An integer in [low, high] (booleans and floats are refused: 2.5 steps is a mistake, not 2)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be a whole number, not {value!r}")
+        raise ValueError(f"{name} must be a whole number, not {short(value)}")
     if value < low or (high is not None and value > high):
         bounds = f">= {low}" if high is None else f"between {low} and {high}"
-        raise ValueError(f"{name} must be {bounds}, not {value}")
+        raise ValueError(f"{name} must be {bounds}, not {short(int(value))}")
     return int(value)
 
 
@@ -63,7 +72,13 @@ def check_device(device) -> torch.device:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device {device!r} is not a device name: use cpu, cuda, cuda:1 or mps") from None
+        raise ValueError(f"device {short(device)} is not a device name: use {DEVICES}") from None
+    if device.type not in (
+        "cpu",
+        "cuda",
+        "mps",
+    ):  # meta, xla, ...: torch has the name, minip2p cannot run there
+        raise ValueError(f"device {str(device)!r}: minip2p runs on {DEVICES}")
     if device.type == "cuda" and not torch.cuda.is_available():
         build = (
             "without CUDA"
@@ -96,8 +111,21 @@ def check_dtype(dtype) -> torch.dtype:
     """A torch floating-point dtype, or its name in DTYPES -> the dtype."""
     dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, not {dtype!r}")
+        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, not {short(dtype)}")
     return dtype
+
+
+def dtype_name(dtype, what: str = "dtype") -> str | None:
+    """A dtype as `load` takes it (a torch dtype or its name; None stays None) -> its name in DTYPES."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype):
+        names = [n for n, d in DTYPES.items() if d == dtype]
+        if names:
+            return names[0]
+    elif isinstance(dtype, str) and dtype in DTYPES:
+        return dtype
+    raise ValueError(f"{what} {short(dtype)}: use {', '.join(DTYPES)} (or the torch dtype)")
 
 
 def check_image_size(cfg, height, width, max_size: int | None = None) -> tuple:

@@ -26,12 +26,12 @@ def check_window(fractions, what: str) -> tuple:
     """A fraction f means (0, f); a pair is (start, end) -> (start, end), checked: 0 <= start <= end <= 1."""
     pair = (0.0, fractions) if isinstance(fractions, (int, float)) else fractions
     try:
-        start, end = (float(f) for f in pair)
+        start, end = (math.nan if isinstance(f, bool) else float(f) for f in pair)  # True is not 1.0
     except (TypeError, ValueError):
         start = end = math.nan
     if not 0 <= start <= end <= 1:
         raise ValueError(
-            f"{what} must be a fraction in [0, 1] or a pair 0 <= start <= end <= 1, not {fractions!r}"
+            f"{what} must be a fraction in [0, 1] or a pair 0 <= start <= end <= 1, not {short(fractions)}"
         )
     return start, end
 
@@ -261,6 +261,9 @@ class Refine(Edit):
         return taken * a + target * (1 - a)
 
 
+REWEIGHT_LIMIT = 1e4  # |scale| at most: the paper's scales are within +-10; 1e308 would overflow float32
+
+
 class Reweight(Edit):
     """Scale a word's attention. `scales`: {word: scale} (words of the target prompts), or a (77,) or (P-1,
     77) tensor of per-token scales. With `base=` another edit (Replace or Refine), its result is re-weighted:
@@ -273,6 +276,8 @@ class Reweight(Edit):
         if isinstance(scales, dict):
             for prompt in prompts[1:]:
                 check_words(prompt, list(scales))
+            for word, scale in scales.items():  # float32 holds them, and the maps they multiply stay finite
+                check_range(scale, f"the Reweight scale of {short(word)}", -REWEIGHT_LIMIT, REWEIGHT_LIMIT)
             scales = torch.stack(
                 [equalizer(p, list(scales), list(scales.values()), tokenizer) for p in prompts[1:]]
             )
@@ -321,9 +326,11 @@ def make_edit(
 ) -> Edit:
     """The edit two prompts ask for (see `Pipeline.edit`). Every word and setting is checked here, before any
     sampling."""
-    kind = kind or default_edit_kind(source, target, reweight)
-    if kind not in EDITS:
-        raise ValueError(f"kind must be one of {list(EDITS)}, not {kind!r}")
+    kind = default_edit_kind(source, target, reweight) if kind is None else kind
+    if not isinstance(kind, str) or kind not in EDITS:  # "" or False is a mistake, not the default
+        raise ValueError(
+            f"kind must be one of {list(EDITS)} (None: chosen from the prompts), not {short(kind)}"
+        )
     if kind == "reweight" and not reweight:
         raise ValueError("kind='reweight' needs reweight={word: scale}")
     prompts = [source, target]

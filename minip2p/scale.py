@@ -8,16 +8,20 @@ import io
 import multiprocessing
 import os
 import signal
+import socket
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
+from .checks import short
 from .loading import load
 from .metrics import ClipScorer, shapes_metrics
 
+RAY_TIMEOUT = 10  # seconds a Ray cluster's address has to answer
 RETRIES = 3  # workers that die are started again this many times (the items they held are run again)
 _worker = None  # the model of a local worker process
 
@@ -31,8 +35,8 @@ class Worker:
         try:
             self.pipe = load(weights, device=device, dtype=dtype, vae_dtype=vae_dtype)
             self.clip = ClipScorer(clip, device) if clip else None
-        except (OSError, ValueError) as e:  # the driver stops on the first item, with this line
-            self.fatal = str(e)
+        except Exception as e:  # any cause: the driver stops on the first item with this line, no retries
+            self.fatal = f"a sweep worker cannot start: {short(str(e), 300)[1:-1]}"
         self.shapes = weights is None
 
     def run(self, items: list) -> list:
@@ -105,13 +109,26 @@ def edit_value(name: str, value):
     return value
 
 
-def check_ray():
-    """Ray is an optional extra: say how to get it, before any work."""
+def check_ray(address=None):
+    """Ray is an optional extra: say how to get it, before any work; a cluster's address must answer (Ray
+    itself waits minutes for one that does not)."""
     try:
         import ray  # noqa: F401
     except ImportError:
         raise ValueError(
             "--ray needs Ray, an optional extra: pip install 'minip2p[scale]' (or pip install ray)"
+        ) from None
+    if address in (None, "auto", "local"):
+        return
+    host, _, port = str(address).removeprefix("ray://").rpartition(":")
+    port = port if port.isdigit() else ("10001" if str(address).startswith("ray://") else "6379")
+    host = host or str(address).removeprefix("ray://")
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_TIMEOUT).close()
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"--ray-address {short(address)}: no Ray cluster answers at {host}:{port} ({e}); start one "
+            "(ray start --head) or leave --ray-address out for a local Ray"
         ) from None
 
 
@@ -133,7 +150,16 @@ def results(items, options: dict, workers: int, ray: bool, ray_address):
 def _start(options):
     global _worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it stops the workers
+    threading.Thread(target=_die_with, args=(os.getppid(),), daemon=True).start()
     _worker = Worker(**options)
+
+
+def _die_with(parent: int):
+    """A worker ends when its driver does, however the driver ended (SIGKILL and the OOM killer run no
+    cleanup of the driver's): its parent changes, and it exits within a second."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _run(batch):
@@ -202,7 +228,8 @@ def ray_results(items, options, workers, address):
 
     if address:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-    elif not ray.is_initialized():
+    started = not address and not ray.is_initialized()
+    if started:
         cpus = max(os.cpu_count() or 1, workers * options["threads"])
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     gpus = int(ray.cluster_resources().get("GPU", 0)) if options["device"] is None else 0
@@ -213,5 +240,9 @@ def ray_results(items, options, workers, address):
     actor = ray.remote(
         num_cpus=options["threads"], num_gpus=1 if gpus else 0, max_restarts=RETRIES, max_task_retries=RETRIES
     )(Worker)
-    pool = ActorPool([actor.remote(**options) for _ in range(workers)])
-    yield from pool.map_unordered(lambda a, item: a.run.remote(item), items)
+    try:
+        pool = ActorPool([actor.remote(**options) for _ in range(workers)])
+        yield from pool.map_unordered(lambda a, item: a.run.remote(item), items)
+    finally:
+        if started:
+            ray.shutdown()  # the local Ray this run started, and its workers
