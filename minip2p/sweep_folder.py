@@ -17,7 +17,7 @@ import stat
 import sys
 from pathlib import Path
 
-from .checks import short, short_path
+from .checks import short_path
 from .files import atomic_write, open_regular, parse_json, read_text, remove_temps
 
 try:
@@ -94,10 +94,10 @@ class Folder:
             else:
                 msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         except OSError:
-            owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            owner = "".join(c for c in os.read(fd, 32).decode(errors="replace") if c.isdigit())[:12] or "?"
             os.close(fd)
             raise ValueError(
-                f"{short_path(self.out)} is in use by another sweep (pid {short(owner, 20)}, {LOCK}): wait "
+                f"{short_path(self.out)} is in use by another sweep (pid {owner}, {LOCK}): wait "
                 "for it to end, or give another --out"
             ) from None
         os.ftruncate(fd, 0)
