@@ -383,8 +383,8 @@ def cmd_sweep(args):
 
 def main(argv=None):
     """Run a command; a user's mistake, a file that cannot be read or written, or Ctrl-C ends in one line."""
-    args = parser().parse_args(argv)
     try:
+        args = parser().parse_args(argv)
         args.run(args)
     except KeyboardInterrupt:
         print("interrupted, nothing written", file=sys.stderr)

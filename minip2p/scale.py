@@ -242,6 +242,8 @@ def ray_results(items, options, workers, address):
     )(Worker)
     try:
         pool = ActorPool([actor.remote(**options) for _ in range(workers)])
+        if threading.current_thread() is threading.main_thread():  # Ray took SIGTERM: give it back
+            signal.signal(signal.SIGTERM, signal.default_int_handler)  # KeyboardInterrupt: the sweep ends
         yield from pool.map_unordered(lambda a, item: a.run.remote(item), items)
     finally:
         if started:
