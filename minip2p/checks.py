@@ -19,6 +19,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def short(value, limit: int = 80) -> str:
     """A user's value as an error message shows it: its repr (control characters escaped), cut at `limit`
     (a 50,000-character prompt or a 4,000-digit seed is not echoed whole)."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 

@@ -57,7 +57,7 @@ def test_bad_edits_fail_before_any_work(tokenizer):
         LocalBlend([["circle"], ["square"]])  # words are given once for all prompts, not one entry per prompt
     with pytest.raises(ValueError, match="77 entries"):
         Reweight(P, tokenizer, torch.ones(10))
-    with pytest.raises(ValueError, match="must be finite"):
+    with pytest.raises(ValueError, match="must be a finite number"):
         Reweight(P, tokenizer, {"square": float("nan")})
     with pytest.raises(ValueError, match="'circle' is not a word"):
         Reweight(P, tokenizer, {"circle": 2.0})  # a word of the source only: Reweight scales the target's
