@@ -7,17 +7,22 @@ table for the UNet and VAE layout: `RULES`, regex rewrites from diffusers keys t
 order.
 """
 
-import json
+import os
 import re
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from . import files
+from .checks import short
 from .config import CheckpointError, ModelConfig, check_config
 from .text import TextConfig
 from .unet import UNetConfig
 from .vae import VAEConfig
+
+JSON_LIMIT = 16 << 20  # bytes: configs and shard indexes are a few KB; more is not a config
+MAX_LEVELS = 8  # resolution levels a config may have (SD: 4; each halves the latent)
 
 # Inside a ResBlock (UNet) / ResnetBlock (VAE).
 UNET_RESNET = {
@@ -104,19 +109,30 @@ def vae_key(k, levels):
     return k
 
 
-def read_json(path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(
-            f"{path} not found: a diffusers folder needs unet/, vae/ and text_encoder/, "
-            f"each with config.json and a .safetensors file"
-        )
+def read_json(path, what: str = "a diffusers folder needs unet/, vae/ and text_encoder/") -> dict:
+    """A config file of the folder -> its object; one line naming the file (missing, not a regular file, not
+    UTF-8, not JSON, a key twice, nested too deep, not an object)."""
+    if not path.exists():
+        raise CheckpointError(f"{path} not found: {what}, each with config.json and a .safetensors file")
+    if path.is_file() and path.stat().st_size > JSON_LIMIT:
+        raise CheckpointError(f"{path} is over {JSON_LIMIT} bytes: too large for a diffusers JSON file")
     try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        config = files.read_json(path)
+    except ValueError as e:  # names the file
+        raise CheckpointError(f"{e}: not a readable JSON config") from None
+    except OSError as e:
         raise CheckpointError(f"{path} is not a readable JSON file: {e}") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} holds no config (a JSON object)")
     return config
+
+
+def flag(config: dict, name: str, default: bool, path) -> bool:
+    """A boolean field, strictly ("false" is not true)."""
+    value = config.get(name, default)
+    if not isinstance(value, bool):
+        raise CheckpointError(f"{path}: {name} must be true or false, not {short(value)}")
+    return value
 
 
 def read_weights(folder):
@@ -127,6 +143,8 @@ def read_weights(folder):
         raise CheckpointError(f"{folder}: no .safetensors weights{hint}")
     sd = {}
     for f in [f for f in files if ".fp16." not in f.name] or files:  # full precision first; fp16 variants do
+        if not f.is_file():  # a FIFO would block the read forever
+            raise CheckpointError(f"{f} is not a regular file")
         try:
             sd.update(load_file(str(f)))
         except (SafetensorError, OSError, RuntimeError, ValueError) as e:
@@ -180,6 +198,8 @@ def folder_config(path: Path, prediction=None) -> tuple:
     try:
         cfg, tok_dirs = configs(path, unet_cfg, vae_cfg, text_cfg, prediction, text_2_cfg)
         up_has_attn = ["CrossAttn" in t for t in unet_cfg["up_block_types"]]
+    except CheckpointError:
+        raise  # names its file already
     except KeyError as e:
         raise CheckpointError(f"{path}: a config.json lacks the field {e}") from None
     except (TypeError, ValueError, ZeroDivisionError, IndexError, AttributeError) as e:
@@ -194,7 +214,7 @@ def tokenizer_folder(folder: Path) -> tuple:
     pad = None
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         if (folder / name).is_file():
-            p = json.loads((folder / name).read_text()).get("pad_token") or pad
+            p = read_json(folder / name).get("pad_token") or pad
             pad = p["content"] if isinstance(p, dict) else p
     return folder, pad
 
@@ -215,7 +235,6 @@ def text_config(text_cfg: dict, pad: str) -> TextConfig:
 def unet_config(unet_cfg) -> UNetConfig:
     """diffusers' unet/config.json -> our UNetConfig (SDXL's added conditioning set by `configs`)."""
     widths, res_blocks = unet_cfg["block_out_channels"], unet_cfg["layers_per_block"]
-    heads = unet_cfg.get("num_attention_heads") or unet_cfg["attention_head_dim"]
     depth = unet_cfg.get("transformer_layers_per_block", 1)
     unet = UNetConfig(
         in_channels=unet_cfg["in_channels"],
@@ -231,11 +250,30 @@ def unet_config(unet_cfg) -> UNetConfig:
         transformer_depth=tuple(depth) if isinstance(depth, list) else depth,
         norm_groups=unet_cfg.get("norm_num_groups", 32),
     )
-    if isinstance(heads, list):
-        unet.head_dim = widths[0] // heads[0]
-    else:
-        unet.num_heads = heads
+    unet.num_heads, unet.head_dim = head_layout(unet_cfg, widths)
     return unet
+
+
+def head_layout(unet_cfg: dict, widths: list) -> tuple:
+    """(num_heads, head_dim) as diffusers reads them: heads per level (SD1/SD2 name them
+    `attention_head_dim`), looked at only where a level has attention; our UNet takes one head count or one
+    width per head, so levels that differ otherwise are refused, as is a count that does not divide a
+    width."""
+    heads = unet_cfg.get("num_attention_heads") or unet_cfg["attention_head_dim"]
+    attn = [i for i, t in enumerate(unet_cfg["down_block_types"]) if "CrossAttn" in t] or [0]
+    per_level = heads if isinstance(heads, list) else [heads] * len(widths)
+    if len(per_level) != len(widths) or not all(type(h) is int and h > 0 for h in per_level):
+        raise CheckpointError(f"unet/config.json: heads {short(heads)} must be a positive count per level")
+    if any(widths[i] % per_level[i] for i in attn):
+        raise CheckpointError(f"unet/config.json: heads {short(heads)} do not divide the widths {widths}")
+    if not isinstance(heads, list):
+        return heads, None
+    dims = {widths[i] // per_level[i] for i in attn}
+    if len(dims) > 1:
+        raise CheckpointError(
+            f"unet/config.json: heads {short(heads)} give levels of different widths per head"
+        )
+    return 8, dims.pop()
 
 
 def vae_config(vae_cfg) -> VAEConfig:
@@ -251,9 +289,29 @@ def vae_config(vae_cfg) -> VAEConfig:
     )
 
 
+def check_levels(unet_cfg: dict, vae_cfg: dict):
+    """List fields bounded before anything is computed from them (2**i per level of a 2x10^5-level config)."""
+    for name, cfg, fields in (
+        ("unet", unet_cfg, ("block_out_channels", "down_block_types", "up_block_types")),
+        ("vae", vae_cfg, ("block_out_channels",)),
+    ):
+        for field in fields:
+            value = cfg.get(field)
+            if not (isinstance(value, list) and 1 <= len(value) <= MAX_LEVELS):
+                raise CheckpointError(
+                    f"{name}/config.json: {field} must be a list of 1 to {MAX_LEVELS} levels, not "
+                    f"{short(value)}"
+                )
+        if len({len(cfg[f]) for f in fields}) > 1:
+            raise CheckpointError(
+                f"{name}/config.json: {', '.join(fields)} must have one entry per level each"
+            )
+
+
 def configs(path, unet_cfg, vae_cfg, text_cfg, prediction, text_2_cfg=None) -> tuple:
     """The folder's configs -> (ModelConfig, {text part: tokenizer folder})."""
     widths = unet_cfg["block_out_channels"]
+    check_levels(unet_cfg, vae_cfg)
     if not widths or min(widths) <= 0 or min(vae_cfg["block_out_channels"] or [0]) <= 0:
         raise ValueError("block_out_channels must be positive widths")
     unet, vae = unet_config(unet_cfg), vae_config(vae_cfg)
@@ -267,9 +325,9 @@ def configs(path, unet_cfg, vae_cfg, text_cfg, prediction, text_2_cfg=None) -> t
         for t in (text, text_2):
             t.penultimate, t.final_norm = True, False
         unet.adm_in_channels = unet_cfg["projection_class_embeddings_input_dim"]
-        vae.upcast = bool(vae_cfg.get("force_upcast", True))
+        vae.upcast = flag(vae_cfg, "force_upcast", True, path / "vae" / "config.json")
     sched = path / "scheduler" / "scheduler_config.json"
-    pred = json.loads(sched.read_text()).get("prediction_type", "epsilon") if sched.is_file() else "epsilon"
+    pred = read_json(sched).get("prediction_type", "epsilon") if os.path.lexists(sched) else "epsilon"
     family = (
         "sdxl"
         if sdxl
@@ -281,7 +339,9 @@ def configs(path, unet_cfg, vae_cfg, text_cfg, prediction, text_2_cfg=None) -> t
     )
     index = path / "model_index.json"
     zeros = (
-        json.loads(index.read_text()).get("force_zeros_for_empty_prompt", True) if index.is_file() else True
+        flag(read_json(index), "force_zeros_for_empty_prompt", True, index)
+        if os.path.lexists(index)
+        else True
     )
     cfg = ModelConfig(
         family,

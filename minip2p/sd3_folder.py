@@ -10,7 +10,6 @@ inverse of diffusers' `convert_sd3_transformer_checkpoint_to_diffusers` and `con
 VAE's mid-attention linears back to 1x1 convs); the text encoders are transformers' own, kept as they are.
 """
 
-import json
 import re
 from pathlib import Path
 
@@ -18,10 +17,9 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import CheckpointError
-from .diffusers_folder import vae_key
+from .diffusers_folder import read_json, vae_key
 from .sd3_loading import TEXT_PREFIXES
 
-JSON_LIMIT = 16 << 20  # bytes: SD3's configs and shard indexes are a few KB; more is not a config
 REQUIRED = ("transformer", "vae", "text_encoder", "text_encoder_2")
 TEXT_FOLDERS = {"text_encoder": "text", "text_encoder_2": "text_2", "text_encoder_3": "t5"}
 
@@ -64,29 +62,6 @@ QKV = {
     for i, c in enumerate("qkv")
 }
 BLOCK_KEY = re.compile(r"transformer_blocks\.(\d+)\.(.+)")
-
-
-def read_json(path: Path) -> dict:
-    """A small JSON object, read safely: a regular file (a FIFO would block the read; symlinks, as in the
-    hub's cache, are followed), at most JSON_LIMIT bytes, a one-line error naming the file otherwise."""
-    if not path.is_file():
-        broken, absent = path.is_symlink() and not path.exists(), not path.exists()
-        what = "a symbolic link to nothing" if broken else "missing" if absent else "not a regular file"
-        raise CheckpointError(f"{path}: {what} (expected a JSON file)")
-    try:
-        with path.open("rb") as f:
-            raw = f.read(JSON_LIMIT + 1)
-    except OSError as e:
-        raise CheckpointError(f"{path} cannot be read: {e}") from None
-    if len(raw) > JSON_LIMIT:
-        raise CheckpointError(f"{path} is over {JSON_LIMIT} bytes: too large for a diffusers JSON file")
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError; nesting too deep
-        raise CheckpointError(f"{path} is not a readable JSON file: {e}".replace("\n", " ")) from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} holds no JSON object")
-    return data
 
 
 def class_name(path: Path):

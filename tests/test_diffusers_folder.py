@@ -1,6 +1,9 @@
 """A diffusers-format folder (as diffusers' save_pretrained writes it) loads into the same model as the
 single-file checkpoint it was converted from."""
 
+import json
+import os
+
 import pytest
 import torch
 from diffusers import DDIMScheduler
@@ -46,3 +49,70 @@ def test_folder_prediction_type_and_errors(tmp_path, diffusers_models, pipe):
     with pytest.raises(CheckpointError, match=r"empty/unet/config.json not found"):
         (tmp_path / "empty").mkdir()
         minip2p.load(tmp_path / "empty")
+
+
+def edit_json(path, **changes):
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+TAMPERED = [  # (file, what is written, what the one line must say)
+    (
+        "unet/config.json",
+        dict(down_block_types=["DownBlock2D"] * 200_000),
+        "down_block_types must be a list of 1",
+    ),
+    ("unet/config.json", dict(attention_head_dim=1_000_000_000), "do not divide the widths"),
+    ("unet/config.json", dict(attention_head_dim=[0, 1]), "a positive count per level"),
+    ("unet/config.json", "[" * 100_000, "nested too deep"),
+    ("unet/config.json", '{"in_channels": 4, "in_channels": 4}', "given twice"),
+    ("scheduler/scheduler_config.json", "{not json", "scheduler_config.json: not JSON"),
+    ("model_index.json", b"\xff\xfe", "model_index.json is not UTF-8"),
+    ("model_index.json", dict(force_zeros_for_empty_prompt="false"), "must be true or false"),
+]
+
+
+@pytest.mark.parametrize("name, written, says", TAMPERED, ids=range(len(TAMPERED)))
+def test_a_tampered_folder_is_one_line_naming_its_file(tmp_path, diffusers_models, pipe, name, written, says):
+    folder = save_folder(tmp_path, diffusers_models["sd1"], pipe.tokenizer)
+    path = folder / name
+    if isinstance(written, dict):
+        if not path.exists():
+            path.write_text("{}")
+        edit_json(path, **written)
+    elif isinstance(written, bytes):
+        path.write_bytes(written)
+    else:
+        path.write_text(written)
+    with pytest.raises(CheckpointError) as e:
+        minip2p.load(folder)
+    message = str(e.value)
+    assert says in message and len(message.splitlines()) == 1 and len(message) < 400, message
+
+
+def test_heads_are_read_from_the_levels_with_attention(tmp_path, diffusers_models, pipe):
+    """SDXL's first level has no attention: its head count says nothing (diffusers ignores it)."""
+    folder = save_folder(tmp_path, diffusers_models["sd1"], pipe.tokenizer)
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    widths, kinds = config["block_out_channels"], config["down_block_types"]
+    heads = minip2p.load(folder).config.unet.heads(widths[-1])
+    config["down_block_types"] = ["DownBlock2D"] + kinds[1:]
+    config["up_block_types"] = config["up_block_types"][:-1] + ["UpBlock2D"]
+    config["attention_head_dim"] = [widths[0] // 2 + 1] + [w * heads // widths[-1] for w in widths[1:]]
+    (folder / "unet" / "config.json").write_text(json.dumps(config))
+    from minip2p.diffusers_folder import head_layout
+
+    assert head_layout(config, widths) == (8, widths[-1] // heads)
+
+
+def test_a_fifo_in_a_folder_is_refused(tmp_path, diffusers_models, pipe):
+    folder = save_folder(tmp_path, diffusers_models["sd1"], pipe.tokenizer)
+    os.mkfifo(folder / "unet" / "extra.safetensors")
+    with pytest.raises(CheckpointError, match="extra.safetensors is not a regular file"):
+        minip2p.load(folder)
+    (folder / "unet" / "extra.safetensors").unlink()
+    (folder / "unet" / "config.json").rename(folder / "unet" / "c.json")
+    os.mkfifo(folder / "unet" / "config.json")
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        minip2p.load(folder)
