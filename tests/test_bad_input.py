@@ -239,7 +239,10 @@ def test_what_used_to_fail_now_works(pipe):
         (lambda t: LocalBlend(["circle", "circle"], mask=np.full((4, 4), 2.0)), r"values in \[0, 1\]"),
         (lambda t: Replace(P, t, cross_replace_steps=float("nan")), "cross_replace_steps must be a fraction"),
         (lambda t: Replace(P, t, self_max_fraction="all"), "self_max_fraction must be a finite number"),
-        (lambda t: Reweight(P, t, {"blue": float("inf")}), "Reweight scale of .blue. must be a finite number"),
+        (
+            lambda t: Reweight(P, t, {"blue": float("inf")}),
+            "Reweight scale of .blue. must be a finite number",
+        ),
         (lambda t: minip2p.make_edit(*P, t, blend=[1]), "takes a word or a list of words"),
     ],
 )
