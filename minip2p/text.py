@@ -14,6 +14,9 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from .checks import short
+from .files import read_json, read_text
+
 # the CLIP BPE vocabulary of SD1 and SD2 (package data: in the wheel too)
 TOKENIZER_DIR = files("minip2p") / "data" / "tokenizer"
 
@@ -93,7 +96,32 @@ def load_tokenizer(cfg: TextConfig, path=TOKENIZER_DIR) -> CLIPTokenizer:
             f"no CLIP tokenizer at {path} (expected vocab.json and merges.txt): "
             f"build it with `python scripts/build_tokenizer.py`"
         )
-    return CLIPTokenizer.from_pretrained(str(path), pad_token=cfg.pad_token, model_max_length=cfg.max_length)
+    if (path / "vocab.json").exists():
+        check_bpe_files(path, cfg.vocab_size)
+    try:
+        return CLIPTokenizer.from_pretrained(
+            str(path), pad_token=cfg.pad_token, model_max_length=cfg.max_length
+        )
+    except Exception as e:  # transformers raises bare Exceptions on malformed files
+        raise ValueError(f"{path}: not a readable CLIP tokenizer ({short(str(e), 200)[1:-1]})") from None
+
+
+def check_bpe_files(path: Path, vocab_size: int):
+    """vocab.json (token -> id, every id one the text encoder has) and merges.txt (a version line, then two
+    tokens a line), checked in one line naming the file: a bad file would fail deep in transformers, or
+    after loading, at an id past the encoder's embedding table."""
+    vocab_path, merges_path = path / "vocab.json", path / "merges.txt"
+    vocab = read_json(vocab_path)
+    ids = list(vocab.values()) if isinstance(vocab, dict) else None
+    if not ids or not all(type(i) is int for i in ids):
+        raise ValueError(f"{vocab_path}: not a CLIP vocabulary (a JSON object of token: id)")
+    if min(ids) < 0 or max(ids) >= vocab_size:
+        raise ValueError(f"{vocab_path}: ids reach {max(ids)}, past the text encoder's {vocab_size} tokens")
+    if not merges_path.exists():
+        raise ValueError(f"{merges_path} is missing: a CLIP tokenizer needs vocab.json and merges.txt")
+    for n, line in enumerate(read_text(merges_path).split("\n")[1:], start=2):
+        if line.strip() and len(line.split()) != 2:
+            raise ValueError(f"{merges_path} line {n}: a merge is two tokens, not {short(line)}")
 
 
 def tokenize(tokenizer, prompts, max_length: int = 77) -> torch.Tensor:
