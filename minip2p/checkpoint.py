@@ -216,19 +216,17 @@ def check_state_dict(sd, expected, path, what, prefix=""):
         for k in common
         if tuple(sd[k].shape) != tuple(expected[k].shape)
     ]
-    lines = []
+    found = []
     if missing:
-        lines.append(f"  {len(missing)} missing keys, e.g. " + ", ".join(prefix + k for k in missing[:5]))
+        found.append(f"{len(missing)} missing keys, e.g. " + ", ".join(prefix + k for k in missing[:3]))
     if extra:
-        lines.append(f"  {len(extra)} unexpected keys, e.g. " + ", ".join(prefix + k for k in extra[:5]))
+        found.append(f"{len(extra)} unexpected keys, e.g. " + ", ".join(prefix + k for k in extra[:3]))
     if wrong:
-        lines.append(f"  {len(wrong)} shape mismatches, e.g. " + "; ".join(wrong[:3]))
-    if lines:
+        found.append(f"{len(wrong)} shape mismatches, e.g. " + "; ".join(wrong[:2]))
+    if found:
         raise CheckpointError(
-            "\n".join(
-                [f"{path}: the {what} weights do not match the {what} this checkpoint was taken to be"]
-                + lines
-            )
+            f"{path}: the {what} weights are not those of the model its keys name ({'; '.join(found)}); a "
+            "narrow, distilled or otherwise reshaped model loads from its diffusers folder: load('folder/')"
         )
     for k in common:
         if expected[k].is_floating_point() and not sd[k].is_floating_point():

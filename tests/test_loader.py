@@ -74,8 +74,9 @@ def test_wrong_shape(tmp_path, small_ckpt):
         CheckpointError,
         match=r"(?s)shape mismatches, e\.g\. " + key + r": file \[3, 32, 3, 3\], "
         r"expected \[4, 32, 3, 3\]",
-    ):
+    ) as e:
         minip2p.load(path)
+    assert len(str(e.value).splitlines()) == 1 and "loads from its diffusers folder" in str(e.value)
 
 
 def test_no_unet_at_all(tmp_path):
