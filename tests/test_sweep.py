@@ -292,7 +292,8 @@ def test_a_sweep_takes_the_models_guidance(tmp_path, sdxl_ckpt):
 
 
 def test_batches_are_a_function_of_the_spec_and_equal_the_edits_one_by_one(tmp_path):
-    from minip2p.sweep import batches, read_spec
+    from minip2p.sweep import batches
+    from minip2p.sweep_spec import read_spec
 
     spec = SPEC + [{"id": "dpm", "source": SWAP[0], "target": SWAP[1], "sampler": "dpm++", "steps": 4}]
     tokenizer = load_tokenizer(TextConfig(), TOKENIZER_DIR)
