@@ -12,8 +12,9 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from . import checkpoint as ckpt
-from .checks import check_whole
+from .checks import check_whole, short
 from .config import CheckpointError
+from .diffusers_folder import read_json
 from .mmdit import MMDiT, config_from_keys
 from .sd3 import SD3Config, SD3Pipeline, T5Settings, build_t5, clip_g, clip_l
 from .text import TOKENIZER_DIR, build_text_encoder, load_tokenizer
@@ -190,13 +191,13 @@ def load_tokenizers(cfg: SD3Config, path, tokenizers) -> dict:
                 f"{path} has a T5 encoder, and T5's tokenizer ships in no checkpoint: pass tokenizers=FOLDER "
                 "holding tokenizer_3/tokenizer.json (the diffusers SD3 repository's tokenizer_3/)"
             )
-        out["t5"] = PreTrainedTokenizerFast.from_pretrained(str(t5_dir))
+        out["t5"] = t5_tokenizer(t5_dir)
     sizes = {"text": cfg.text.vocab_size, "text_2": cfg.text_2.vocab_size}
     sizes.update({} if cfg.t5 is None else {"t5": cfg.t5.vocab_size})
     for name, size in sizes.items():
         if len(out[name]) > size:
             raise CheckpointError(
-                f"{path}: the {NAMES[name]}'s tokenizer has {len(out[name])} tokens, it {size}"
+                f"{path}: the {NAMES[name]}'s tokenizer has {len(out[name])} tokens, its encoder {size}"
             )
     return out
 
@@ -242,3 +243,15 @@ def build_meta(name, cfg):
     """A model whose weights come from the file (assign=True): built on the meta device, no memory."""
     with torch.device("meta"):
         return build(name, cfg)
+
+
+def t5_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
+    """tokenizer_3/ -> T5's tokenizer; a malformed tokenizer.json is one line naming it (the tokenizers
+    library's own error names no file)."""
+    read_json(folder / "tokenizer.json")  # JSON, an object, not nested too deep, a regular file
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    except Exception as e:
+        raise CheckpointError(
+            f"{folder / 'tokenizer.json'}: not a readable tokenizer ({short(str(e))[1:-1]})"
+        ) from None

@@ -3,6 +3,7 @@ whole sampler against diffusers' SD3Transformer2DModel and StableDiffusion3Pipel
 own converter), the full-size SD3.5 Medium key list, Prompt-to-Prompt's invariants on joint attention,
 Direct Inversion, and the loader's one-line errors."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -245,6 +246,16 @@ def test_bad_sd3_files_are_one_line_each(files, tmp_path):
         minip2p.load(write("t5.safetensors", narrow_t5), tokenizers=d / "tokenizers")
     with pytest.raises(FileNotFoundError, match="tokenizer_3"):
         minip2p.load(out["sd3.5"][0])
+    bad = tmp_path / "bad_tokenizers"
+    shutil.copytree(d / "tokenizers", bad)
+    for text, says in (
+        ('{"model": ', "not JSON"),
+        ('{"model": {"type": "Nope"}}', "not a readable tokenizer"),
+    ):
+        (bad / "tokenizer_3" / "tokenizer.json").write_text(text)
+        with pytest.raises(CheckpointError, match=f"tokenizer_3/tokenizer.json.*{says}") as e:
+            minip2p.load(out["sd3.5"][0], tokenizers=bad)
+        assert len(str(e.value).splitlines()) == 1
 
 
 def test_the_text_encoders_may_come_apart_and_long_prompts_are_refused(files, tmp_path):
