@@ -25,6 +25,12 @@ def short(value, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
+def cut(text: str, limit: int = 200) -> str:
+    """A message (another library's error, say) cut at `limit` characters, on one line."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 def short_path(path, limit: int = 200) -> str:
     """A path as an error message shows it: as is when printable, else its repr (no terminal escapes from a
     file name reach the terminal); cut at `limit`."""

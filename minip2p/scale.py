@@ -17,7 +17,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
-from .checks import short
+from .checks import cut, short
 from .loading import load
 from .metrics import ClipScorer, shapes_metrics
 
@@ -36,7 +36,7 @@ class Worker:
             self.pipe = load(weights, device=device, dtype=dtype, vae_dtype=vae_dtype)
             self.clip = ClipScorer(clip, device) if clip else None
         except Exception as e:  # any cause: the driver stops on the first item with this line, no retries
-            self.fatal = f"a sweep worker cannot start: {short(str(e), 300)[1:-1]}"
+            self.fatal = f"a sweep worker cannot start: {cut(e, 300)}"
         self.shapes = weights is None
 
     def run(self, items: list) -> list:

@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from . import checkpoint as ckpt
-from .checks import check_whole, short
+from .checks import check_whole, cut
 from .config import CheckpointError
 from .diffusers_folder import read_json
 from .mmdit import MMDiT, config_from_keys
@@ -252,6 +252,4 @@ def t5_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
     try:
         return PreTrainedTokenizerFast.from_pretrained(str(folder))
     except Exception as e:
-        raise CheckpointError(
-            f"{folder / 'tokenizer.json'}: not a readable tokenizer ({short(str(e))[1:-1]})"
-        ) from None
+        raise CheckpointError(f"{folder / 'tokenizer.json'}: not a readable tokenizer ({cut(e)})") from None

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import defaults
 from .checkpoint import BUNDLED_MODEL
-from .checks import check_device, check_whole, dtype_name, short, short_path
+from .checks import check_device, check_whole, cut, dtype_name, short, short_path
 from .files import atomic_write, fingerprint
 from .metrics import CLIP_METRICS, SHAPES_METRICS, check_clip, kept, parse_keep
 from .scale import check_ray, results
@@ -240,9 +240,7 @@ class Writer:
         record.update(metrics=result["metrics"], seconds=round(result["seconds"], 3))
         record["kept"] = kept(result["metrics"], self.conditions)
         if "error" in result:
-            record["error"] = (
-                short(result["error"], 2000)[1:-1] if len(result["error"]) > 2000 else result["error"]
-            )
+            record["error"] = cut(result["error"], 2000)
         return record
 
 

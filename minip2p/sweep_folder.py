@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .checks import short_path
-from .files import atomic_write, open_regular, parse_json, read_text, remove_temps
+from .files import atomic_write, open_regular, parse_json, read_json, read_text, remove_temps
 
 try:
     import fcntl
@@ -71,9 +71,9 @@ class Folder:
             self.writable = False  # a finished sweep can still be read
             return self
         (self.out / "images").mkdir(parents=True, exist_ok=True)
-        for sub in (self.out / "images",):
-            if sub.is_symlink() or not sub.is_dir():
-                raise ValueError(f"{short_path(sub)} is not a folder of this sweep's (a link or a file)")
+        images = self.out / "images"
+        if images.is_symlink() or not images.is_dir():
+            raise ValueError(f"{short_path(images)} is not a folder of this sweep's (a link or a file)")
         self.lock()
         for folder in (self.out, self.out / "images"):
             remove_temps(folder)  # left by a run killed while writing: under the lock, none is ours now
@@ -155,7 +155,7 @@ class Folder:
         path = self.out / RUN
         if not os.path.lexists(path):
             return None
-        options = parse_json(read_text(path, follow=False), short_path(path))
+        options = read_json(path, follow=False)
         if not isinstance(options, dict):
             raise ValueError(f"{short_path(path)} is not a sweep's options file: the folder is damaged")
         return options

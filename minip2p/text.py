@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from .checks import short
+from .checks import cut, short
 from .files import read_json, read_text
 
 # the CLIP BPE vocabulary of SD1 and SD2 (package data: in the wheel too)
@@ -103,7 +103,7 @@ def load_tokenizer(cfg: TextConfig, path=TOKENIZER_DIR) -> CLIPTokenizer:
             str(path), pad_token=cfg.pad_token, model_max_length=cfg.max_length
         )
     except Exception as e:  # transformers raises bare Exceptions on malformed files
-        raise ValueError(f"{path}: not a readable CLIP tokenizer ({short(str(e), 200)[1:-1]})") from None
+        raise ValueError(f"{path}: not a readable CLIP tokenizer ({cut(e)})") from None
 
 
 def check_bpe_files(path: Path, vocab_size: int):
