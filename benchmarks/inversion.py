@@ -3,6 +3,7 @@
     python benchmarks/inversion.py [--scenes 20] [--edit-scenes 30] [--steps 50]
     python benchmarks/inversion.py --scenes 0 --colours green,yellow,orange,purple,blue [--control 5]
     python benchmarks/inversion.py --scenes 0 --full-sd1 [--sd1-steps 3 --sd1-inner 2]
+    python benchmarks/inversion.py --weights shapes-mmdit --scenes 10 --edit-scenes 30   # Euler back, Direct
     python benchmarks/inversion.py --scenes 0 --full-sd1 --sd1-steps 50 --sd1-inner 10 --device cuda \
         --dtype float16,float32
 
@@ -41,23 +42,28 @@ METHODS = ("ddim", "negative-prompt", "null-text", "direct")
 EDIT_METHODS = ("null-text", "negative-prompt", "direct")  # inversions to edit from (--edit-methods)
 
 
+def inversion_methods(pipe) -> tuple:
+    """The methods this model inverts with (SD3's flow matching: the Euler steps backwards, and Direct)."""
+    return ("ddim", "direct") if pipe.config.family.startswith("sd3") else METHODS
+
+
 def shapes_model(pipe, args):
-    scores = {m: [] for m in METHODS}
-    cost = {m: [] for m in METHODS}
-    vae = []
+    methods = inversion_methods(pipe)
+    scores, cost, vae = {m: [] for m in methods}, {m: [] for m in methods}, []
     for img, prompt in rendered_scenes(args.scenes):
         image = Image.fromarray(img)
         vae.append(psnr(vae_round_trip(pipe, img)[0], img))
-        for m in METHODS:
+        for m in methods:
             settings = dict(method=m, steps=args.steps, guidance_scale=args.guidance, progress=False)
             inv, dt, peak = measured(pipe.invert, image, prompt, **settings)
             rec = pipe.generate([prompt], inversion=inv, progress=False)[0]
             scores[m].append(psnr(rec, img))
             cost[m].append((dt, peak))
-    print(f"shapes model, {args.scenes} rendered scenes, {args.steps} steps, guidance {args.guidance}")
+    steps, guidance = args.steps or pipe.default_steps(), args.guidance or pipe.guidance_scale
+    print(f"{args.weights or 'shapes'}, {args.scenes} rendered scenes, {steps} steps, guidance {guidance}")
     print(header("method", "reconstruction PSNR (mean)", "time per image", "peak RSS"))
     print(row("VAE only (ceiling)", f"{np.mean(vae):.2f} dB", "", ""))
-    for m in METHODS:
+    for m in methods:
         seconds, peak = np.mean([c[0] for c in cost[m]]), max(c[1] for c in cost[m])
         print(row(m, f"{np.mean(scores[m]):.2f} dB", f"{seconds:.1f} s", f"{peak:.0f} MiB"))
 
@@ -77,7 +83,7 @@ def colour_edits(pipe, args):
     model generated itself (seed noise, no inversion), to tell the inversion's share of a failure from the
     model's."""
     n = args.edit_scenes or args.scenes
-    methods = args.edit_methods.split(",")
+    methods = [m for m in args.edit_methods.split(",") if m in inversion_methods(pipe)]
     scores = {(m, name): [] for m in methods for name in EDITS}  # (background, turned, rest, rest with rim)
     for k in range(n):
         img, source, target, circle = colour_edit_scene(k)
@@ -222,10 +228,10 @@ def full_sd1_costs(pipe, steps, inner, dtype):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--weights")
+    p.add_argument("--weights", help="a model file, or a bundled model's name (default: shapes)")
     p.add_argument("--scenes", type=int, default=20, help="shapes-model scenes (0: only --full-sd1)")
-    p.add_argument("--steps", type=int, default=defaults.STEPS)
-    p.add_argument("--guidance", type=float, default=defaults.GUIDANCE_SCALE)
+    p.add_argument("--steps", type=int, help="default: the model's (DDIM 50; SD3 28)")
+    p.add_argument("--guidance", type=float, help="default: the model's (7.5; SD3 7.0)")
     p.add_argument("--edit-scenes", type=int, default=0, help="scenes for the colour edit (0: --scenes)")
     p.add_argument("--edit-methods", default=",".join(EDIT_METHODS), help="inversions to edit from")
     p.add_argument(

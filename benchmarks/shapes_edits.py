@@ -2,6 +2,7 @@
 
     python benchmarks/shapes_edits.py [--seeds 50] [--reweight-seeds 12] [--steps 50] [--dtype bfloat16]
     python benchmarks/shapes_edits.py --sampler dpm++ --steps 20
+    python benchmarks/shapes_edits.py --weights shapes-mmdit      # the MM-DiT sibling (SD3's Euler, 28 steps)
 
 - Word swap (Replace) of one object's shape or colour: does the edited object take the new attribute, does the
   other object keep its mask (IoU with the source's) and the background stay? Against plain same-seed
@@ -24,14 +25,15 @@ from minip2p.evaluation import REWEIGHT_PROMPT, REWEIGHT_SHOWS, reweight_shown, 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--weights")
+    p.add_argument("--weights", help="a model file, or a bundled model's name (default: shapes)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="the model's precision")
     p.add_argument("--seeds", type=int, default=50)
     p.add_argument("--reweight-seeds", type=int, default=12)
-    p.add_argument("--steps", type=int, help="sampling steps (default: the sampler's, DDIM 50, DPM++ 20)")
-    p.add_argument("--sampler", default=defaults.SAMPLERS[0], choices=list(defaults.SAMPLERS))
+    p.add_argument("--steps", type=int, help="sampling steps (default: the sampler's: DDIM 50, DPM++ 20)")
+    p.add_argument("--sampler", choices=list(defaults.ALL_SAMPLERS), help="default: the model's first")
     args = p.parse_args()
     pipe = minip2p.load(args.weights, dtype=args.dtype)
+    args.sampler = args.sampler or pipe.samplers[0]
     args.steps = args.steps or pipe.default_steps(args.sampler)
     options = dict(steps=args.steps, sampler=args.sampler, progress=False)
 
@@ -42,7 +44,7 @@ def main():
     n = len(rows["Replace"])
     print(
         f"word swaps: {n} of {args.seeds} seeds whose source image shows its prompt "
-        f"({args.steps} {args.sampler} steps, guidance {defaults.GUIDANCE_SCALE}, {args.dtype})"
+        f"({args.steps} {args.sampler} steps, guidance {pipe.guidance_scale}, {args.dtype})"
     )
     print(
         header(

@@ -1,6 +1,7 @@
 """Quality of the shapes-world model: prompt adherence per attribute, and VAE reconstruction PSNR.
 
     python benchmarks/shapes_quality.py [--weights PATH] [--prompts 200] [--steps 50] [--dtype bfloat16]
+    python benchmarks/shapes_quality.py --weights shapes-mmdit     # the MM-DiT sibling; --guidance 1 for none
 
 Prompts are sampled from the grammar with a fixed seed (attributes left open with probability 0.2, which the
 check then accepts whatever the image shows); each image starts from its own seeded noise.
@@ -38,21 +39,22 @@ def attention_shares(pipe, n=8, seed=3, steps=50):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--weights")
+    p.add_argument("--weights", help="a model file, or a bundled model's name (default: shapes)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="the model's precision")
     p.add_argument("--prompts", type=int, default=200)
-    p.add_argument("--steps", type=int, default=defaults.STEPS)
-    p.add_argument("--guidance", type=float, default=defaults.GUIDANCE_SCALE)
+    p.add_argument("--steps", type=int, help="default: the model's (DDIM 50; SD3 Euler 28)")
+    p.add_argument("--guidance", type=float, help="default: the model's (7.5; SD3 7.0)")
     p.add_argument("--grid", help="save a grid of the first 16 images here")
     args = p.parse_args()
     pipe = minip2p.load(args.weights, dtype=args.dtype)
+    args.steps, args.guidance = args.steps or pipe.default_steps(), args.guidance or pipe.guidance_scale
     t0 = time.time()
     rates, results = adherence(
         pipe, args.prompts, steps=args.steps, guidance_scale=args.guidance, progress=False
     )
     dt = time.time() - t0
     print(
-        f"shapes model ({args.dtype}): {args.prompts} prompts, {args.steps} DDIM steps, "
+        f"{args.weights or 'shapes'} ({args.dtype}): {args.prompts} prompts, {args.steps} {pipe.samplers[0]} steps, "
         f"guidance {args.guidance} ({dt / args.prompts:.2f} s/image)"
     )
     print("| attribute | right |\n| --- | --- |")

@@ -29,6 +29,18 @@ IGNORED_TEXT_KEYS = ("embeddings.position_ids",)  # a buffer some files hold, so
 IGNORED_OPENCLIP_KEYS = ("logit_scale", "attn_mask")  # never used for conditioning
 META_KEY = "minip2p_config"
 BUNDLED_MODEL = files("minip2p") / "data" / "shapes.safetensors"  # package data: in the wheel too
+BUNDLED_MMDIT = files("minip2p") / "data" / "shapes-mmdit.safetensors"  # its SD3-family sibling
+BUNDLED = {None: BUNDLED_MODEL, "shapes": BUNDLED_MODEL, "shapes-mmdit": BUNDLED_MMDIT}  # load(name)
+
+
+def is_bundled(weights) -> bool:
+    """Is `weights` one of the bundled models (None or its name)? Their world is the analyser's."""
+    return (weights is None or isinstance(weights, str)) and weights in BUNDLED
+
+
+def model_path(weights) -> Path:
+    """A path, or the file of a bundled model's name (a file of that name in the folder: "./shapes")."""
+    return Path(BUNDLED[weights] if is_bundled(weights) else weights)
 
 
 def text_prefixes(cfg: ModelConfig) -> dict:

@@ -29,7 +29,8 @@ def load(
     """Load a model: a single-file .safetensors (SD1.x, SD2.x, SDXL base, SD3 / SD3.5, or ours), or a
     diffusers folder (SD1, SD2, SDXL base, SD3 / SD3.5).
 
-    path=None loads the bundled shapes-world model. `dtype` is the UNet's and text encoders'; `vae_dtype` the
+    path=None (or "shapes") loads the bundled shapes-world model, "shapes-mmdit" its MM-DiT (SD3-family)
+    sibling; a file of either name is "./shapes". `dtype` is the UNet's and text encoders'; `vae_dtype` the
     VAE's (see `Pipeline.to`). `prediction` ("epsilon" or "v") overrides what the file says or implies:
     v-prediction (SD2 768-v models) is not visible in the weights. SD3 files only (an SD3 folder holds its
     own): `text_encoders`, a folder with the text encoders a file lacks (clip_l.safetensors,
@@ -38,7 +39,7 @@ def load(
     """
     device, dtype = check_device(device), check_dtype(dtype)
     vae_dtype = None if vae_dtype is None else check_dtype(vae_dtype)
-    path = Path(ckpt.BUNDLED_MODEL if path is None else path)
+    path = ckpt.model_path(path)
     tokenizer_dirs = {}
     if path.is_dir() and is_sd3_folder(path):
         if prediction is not None or text_encoders is not None or tokenizers is not None:
@@ -54,7 +55,7 @@ def load(
         if is_sd3(tensors):
             if prediction is not None:
                 raise ValueError(f"prediction={prediction!r}: SD3 predicts a velocity (flow matching)")
-            return load_sd3(path, tensors, device, dtype, vae_dtype, text_encoders, tokenizers)
+            return load_sd3(path, tensors, device, dtype, vae_dtype, text_encoders, tokenizers, meta)
         cfg = ckpt.infer_config(tensors, meta, path, prediction)
         parts = ckpt.split_parts(tensors, cfg)
         del tensors

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from . import shapes
 from .evaluation import edit_scores, shows
 
-SHAPES_METRICS = ("source_shows", "target_shows", "edited", "kept_iou", "background", "outside")
+SHAPES_METRICS = ("source_shows", "target_shows", "edited", "moved", "kept_iou", "background", "outside")
 CLIP_METRICS = ("clip_source", "clip_target", "clip_img", "clip_dir")
 OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 
@@ -49,6 +49,7 @@ def shapes_metrics(source_image, edited_image, source: str, target: str) -> dict
     scores = None if k is None else edit_scores(source_image, edited_image, source, target, k)
     if scores is not None:
         out.update({name: scores[name] for name in ("edited", "kept_iou", "background", "outside")})
+        out["moved"] = None if math.isnan(scores["moved"]) else scores["moved"]  # NaN: not found
     return out
 
 

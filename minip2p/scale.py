@@ -17,6 +17,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
+from .checkpoint import is_bundled
 from .checks import cut, short
 from .loading import load
 from .metrics import ClipScorer, shapes_metrics
@@ -37,7 +38,7 @@ class Worker:
             self.clip = ClipScorer(clip, device) if clip else None
         except Exception as e:  # any cause: the driver stops on the first item with this line, no retries
             self.fatal = f"a sweep worker cannot start: {cut(e, 300)}"
-        self.shapes = weights is None
+        self.shapes = is_bundled(weights)
 
     def run(self, items: list) -> list:
         """A batch of items (one source and seed, `sweep.batches`) -> a result each: {"key", "metrics",

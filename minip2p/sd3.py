@@ -55,7 +55,7 @@ class SD3Config:
         )
     )
     text: TextConfig = field(default_factory=clip_l)  # CLIP-L
-    text_2: TextConfig = field(default_factory=clip_g)  # CLIP-G
+    text_2: TextConfig | None = field(default_factory=clip_g)  # CLIP-G (None: one CLIP, our own models)
     t5: T5Settings | None = field(default_factory=T5Settings)  # None: no T5 (zeros in its place)
     t5_tokens: int = 256  # T5's tokens per prompt (diffusers' max_sequence_length); without T5, zeros
     image_size: int = 1024  # default height and width
@@ -75,7 +75,7 @@ class SD3Config:
 
     @property
     def encoders(self) -> list:
-        return [self.text, self.text_2]
+        return [self.text] if self.text_2 is None else [self.text, self.text_2]
 
 
 def build_t5(t: T5Settings) -> T5EncoderModel:
@@ -97,9 +97,9 @@ class SD3Pipeline(Pipeline):
     """A loaded SD3 / SD3.5: `transformer` (the MM-DiT), `vae`, `text_encoder` (CLIP-L), `text_encoder_2`
     (CLIP-G), `text_encoder_3` (T5, or None) and their tokenizers; `generate`, `edit`, `invert` as for SD."""
 
-    def __init__(self, config, transformer, vae, clip_l, tok_l, clip_g, tok_g, t5=None, tok_t5=None):
+    def __init__(self, config, transformer, vae, clip_l, tok_l, clip_g=None, tok_g=None, t5=None, tok_3=None):
         super().__init__(config, None, vae, clip_l, tok_l, clip_g, tok_g)
-        self.transformer, self.text_encoder_3, self.tokenizer_3 = transformer, t5, tok_t5
+        self.transformer, self.text_encoder_3, self.tokenizer_3 = transformer, t5, tok_3
 
     @property
     def denoiser(self) -> MMDiT:
@@ -120,7 +120,7 @@ class SD3Pipeline(Pipeline):
 
     @property
     def samplers(self) -> tuple:
-        return ("euler",)
+        return defaults.SD3_SAMPLERS
 
     def default_steps(self, sampler: str | None = None) -> int:
         return defaults.SD3_STEPS

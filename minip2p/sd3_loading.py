@@ -6,15 +6,18 @@ the CLIPs' BPE ships with minip2p (it is SD1's), T5's comes from a folder the us
 from the keys' shapes; every part is checked against the model built from it before any memory is taken.
 """
 
+import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerFast
 
 from . import checkpoint as ckpt
-from .checks import check_whole, cut
+from .checks import check_finite, check_whole, cut
 from .config import CheckpointError
 from .diffusers_folder import read_json
+from .files import atomic_write, parse_json
 from .mmdit import MMDiT, config_from_keys
 from .sd3 import SD3Config, SD3Pipeline, T5Settings, build_t5, clip_g, clip_l
 from .text import TOKENIZER_DIR, build_text_encoder, load_tokenizer
@@ -36,6 +39,17 @@ NAMES = {
 # the largest sizes built from a file's shapes (SD3.5 Large fits with room to spare)
 LIMITS = dict(depth=(1, 64), hidden_size=(1, 8192), patch_size=(1, 8), in_channels=(1, 64))
 LIMITS.update(context_dim=(1, 16384), pooled_dim=(1, 16384), pos_embed_max_size=(1, 1024))
+# what a file of ours says in its metadata (ckpt.META_KEY) because its weights cannot show it; every other
+# number comes from the shapes, as for Stability's files: (part or None, field) -> (low, high); None: a float
+OWN = {
+    ("vae", "norm_groups"): (1, 1024),
+    ("vae", "scale_factor"): None,
+    ("vae", "shift_factor"): None,
+    ("text", "num_heads"): (1, 256),
+    (None, "shift"): None,
+    (None, "image_size"): (8, 8192),
+    (None, "t5_tokens"): (0, 4096),
+}
 
 
 def is_sd3(tensors) -> bool:
@@ -46,7 +60,7 @@ def strip(tensors, prefix) -> dict:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def read_parts(path, tensors, text_encoders) -> dict:
+def read_parts(path, tensors, meta, text_encoders) -> dict:
     """The file's parts, prefixes stripped; text encoders the file lacks from the `text_encoders` folder."""
     vae = {k: v for k, v in strip(tensors, ckpt.VAE_PREFIX).items() if not k.startswith("loss.")}
     parts = {"mmdit": strip(tensors, ckpt.UNET_PREFIX), "vae": vae}
@@ -64,7 +78,7 @@ def read_parts(path, tensors, text_encoders) -> dict:
         for name, file in TEXT_FILES.items():
             if not parts[name] and (folder / file).exists():
                 parts[name] = ckpt.read_safetensors(folder / file)[0]
-    if not parts["text"] or not parts["text_2"]:
+    if not parts["text"] or not (parts["text_2"] or ckpt.META_KEY in meta):  # ours may have one CLIP
         raise CheckpointError(
             f"{path} holds no CLIP text encoders ({TEXT_PREFIXES['text']}..., {TEXT_PREFIXES['text_2']}...): "
             "pass text_encoders=FOLDER holding clip_l.safetensors and clip_g.safetensors (and "
@@ -137,8 +151,9 @@ def vae_config(sd, path) -> VAEConfig:
     )
 
 
-def sd3_config(path, parts) -> SD3Config:
-    """The model's config from its parts' shapes, checked: sizes in range, widths that fit each other."""
+def sd3_config(path, parts, meta=None) -> SD3Config:
+    """The model's config from its parts' shapes (and, for our models, their metadata), checked: sizes in
+    range, widths that fit each other."""
     shapes = {k: tuple(v.shape) for k, v in parts["mmdit"].items()}
     for key in ("x_embedder.proj.weight", "context_embedder.weight", "y_embedder.mlp.0.weight", "pos_embed"):
         shape_of(shapes, key, path, NAMES["mmdit"])
@@ -151,7 +166,7 @@ def sd3_config(path, parts) -> SD3Config:
             "table is not SD3's (64 channels per head, a square table)"
         )
     text = clip_config(parts["text"], path, clip_l(), NAMES["text"])
-    text_2 = clip_config(parts["text_2"], path, clip_g(), NAMES["text_2"])
+    text_2 = clip_config(parts["text_2"], path, clip_g(), NAMES["text_2"]) if parts["text_2"] else None
     t5 = t5_config(parts["t5"], path)
     if t5 is not None and not 1 <= t5.num_heads <= t5.d_model:
         raise CheckpointError(f"{path}: a T5 encoder with {t5.num_heads} heads is not T5-XXL's kind")
@@ -159,19 +174,76 @@ def sd3_config(path, parts) -> SD3Config:
         "sd3.5" if mmdit.qk_norm else "sd3", mmdit, vae_config(parts["vae"], path), text, text_2, t5
     )
     cfg.image_size = min(cfg.image_size, cfg.largest)  # SD3's 1024, or all a small table covers
+    if meta and ckpt.META_KEY in meta:
+        apply_own(cfg, meta[ckpt.META_KEY], f"{path} ({ckpt.META_KEY} metadata)")
     if t5 is not None and t5.d_model != mmdit.context_dim:
         raise CheckpointError(
             f"{path}: the T5 encoder is {t5.d_model} wide, the MM-DiT reads a {mmdit.context_dim}-wide "
             "context: give the T5 of this model (T5-XXL: 4096)"
         )
-    if text.hidden_size + text_2.hidden_size > mmdit.context_dim:
+    if sum(c.hidden_size for c in cfg.encoders) > mmdit.context_dim:
         raise CheckpointError(f"{path}: the CLIPs' widths add up to more than the MM-DiT's context")
-    if text.projection_dim + text_2.projection_dim != mmdit.pooled_dim:
+    pooled = [c.projection_dim for c in cfg.encoders]
+    if sum(pooled) != mmdit.pooled_dim:
         raise CheckpointError(
-            f"{path}: the CLIPs' pooled widths ({text.projection_dim} + {text_2.projection_dim}) are not "
-            f"the MM-DiT's pooled input ({mmdit.pooled_dim})"
+            f"{path}: the CLIPs' pooled widths ({' + '.join(map(str, pooled))}) are not the MM-DiT's pooled "
+            f"input ({mmdit.pooled_dim})"
         )
     return cfg
+
+
+def apply_own(cfg: SD3Config, text: str, where: str):
+    """Our metadata ({"vae": {...}, "text": {...}, "shift": ..., ...}: OWN's fields) over the config read
+    from the shapes, checked."""
+    given = parse_json(text, where)
+    if not isinstance(given, dict):
+        raise CheckpointError(f"{where}: not an object of settings")
+    flat = {}
+    for k, v in given.items():
+        nested = k in ("vae", "text") and isinstance(v, dict)
+        flat.update({(k, n): x for n, x in v.items()} if nested else {(None, k): v})
+    for (part, name), v in flat.items():
+        label = name if part is None else f"{part}.{name}"
+        if (part, name) not in OWN:
+            raise CheckpointError(f"{where}: unknown setting {label!r}")
+        try:
+            low_high = OWN[part, name]
+            v = check_finite(v, label) if low_high is None else check_whole(v, label, *low_high)
+        except ValueError as e:
+            raise CheckpointError(f"{where}: {e}") from None
+        setattr(cfg if part is None else getattr(cfg, part), name, v)
+    widths = [cfg.vae.ch * m for m in cfg.vae.ch_mult]
+    if cfg.vae.scale_factor <= 0 or cfg.shift <= 0 or any(w % cfg.vae.norm_groups for w in widths):
+        raise CheckpointError(f"{where}: scale_factor and shift must be > 0, norm_groups divide {widths}")
+    if cfg.text.hidden_size % cfg.text.num_heads:
+        raise CheckpointError(f"{where}: text num_heads must divide its width {cfg.text.hidden_size}")
+    if cfg.image_size % cfg.size_step or cfg.image_size > cfg.largest:
+        raise CheckpointError(
+            f"{where}: image_size must be a multiple of {cfg.size_step} up to {cfg.largest}"
+        )
+
+
+def own_settings(cfg: SD3Config) -> dict:
+    """The metadata `apply_own` reads back: OWN's fields of cfg."""
+    out = {}
+    for part, name in OWN:
+        if part is None:
+            out[name] = getattr(cfg, name)
+        else:
+            out.setdefault(part, {})[name] = getattr(getattr(cfg, part), name)
+    return out
+
+
+def save_sd3(path, cfg: SD3Config, mmdit, vae, text, dtype=None):
+    """Write one of our SD3-family models (one CLIP, no T5) as a single file in Stability's layout, with
+    what its weights cannot show in the metadata (`OWN`)."""
+    out = {}
+    parts = ((ckpt.UNET_PREFIX, mmdit), (ckpt.VAE_PREFIX, vae), (TEXT_PREFIXES["text"], text))
+    for prefix, module in parts:
+        for k, v in module.state_dict().items():
+            out[prefix + k] = (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+    with atomic_write(path) as tmp:
+        save_file(out, str(tmp), metadata={ckpt.META_KEY: json.dumps(own_settings(cfg))})
 
 
 def load_tokenizers(cfg: SD3Config, path, tokenizers) -> dict:
@@ -181,7 +253,7 @@ def load_tokenizers(cfg: SD3Config, path, tokenizers) -> dict:
     if folder is not None and not folder.is_dir():
         raise FileNotFoundError(f"tokenizers={folder}: not a folder (expected tokenizer_3/ for T5)")
     out = {}
-    for name, sub, c in (("text", "tokenizer", cfg.text), ("text_2", "tokenizer_2", cfg.text_2)):
+    for name, sub, c in zip(("text", "text_2"), ("tokenizer", "tokenizer_2"), cfg.encoders):
         own = folder / sub if folder is not None and (folder / sub).is_dir() else TOKENIZER_DIR
         out[name] = load_tokenizer(c, own)
     if cfg.t5 is not None:
@@ -192,7 +264,7 @@ def load_tokenizers(cfg: SD3Config, path, tokenizers) -> dict:
                 "holding tokenizer_3/tokenizer.json (the diffusers SD3 repository's tokenizer_3/)"
             )
         out["t5"] = t5_tokenizer(t5_dir)
-    sizes = {"text": cfg.text.vocab_size, "text_2": cfg.text_2.vocab_size}
+    sizes = {name: c.vocab_size for name, c in zip(("text", "text_2"), cfg.encoders)}
     sizes.update({} if cfg.t5 is None else {"t5": cfg.t5.vocab_size})
     for name, size in sizes.items():
         if len(out[name]) > size:
@@ -210,11 +282,15 @@ def build(name, cfg: SD3Config):
     return build_t5(cfg.t5) if name == "t5" else build_text_encoder(getattr(cfg, name))
 
 
-def load_sd3(path, tensors, device, dtype, vae_dtype, text_encoders=None, tokenizers=None) -> SD3Pipeline:
+def load_sd3(
+    path, tensors, device, dtype, vae_dtype, text_encoders=None, tokenizers=None, meta=None
+) -> SD3Pipeline:
     """An SD3 / SD3.5 single file (and its text encoders) -> SD3Pipeline on device, in dtype."""
-    parts = read_parts(path, tensors, text_encoders)
-    cfg = sd3_config(path, parts)
-    names = ["mmdit", "vae", "text", "text_2"] + ([] if cfg.t5 is None else ["t5"])
+    meta = meta or {}
+    parts = read_parts(path, tensors, meta, text_encoders)
+    cfg = sd3_config(path, parts, meta)
+    clips = ["text", "text_2"][: len(cfg.encoders)]
+    names = ["mmdit", "vae", *clips] + ([] if cfg.t5 is None else ["t5"])
     with torch.device("meta"):
         for name in names:
             prefix = ckpt.UNET_PREFIX if name == "mmdit" else ckpt.VAE_PREFIX if name == "vae" else ""
@@ -226,16 +302,8 @@ def load_sd3(path, tensors, device, dtype, vae_dtype, text_encoders=None, tokeni
         part_dtype = vae_dtype or dtype if name == "vae" else dtype
         models[name].load_state_dict(ckpt.cast(parts.pop(name), part_dtype), strict=True, assign=True)
     t5 = (models["t5"], toks["t5"]) if cfg.t5 is not None else (None, None)
-    pipe = SD3Pipeline(
-        cfg,
-        models["mmdit"],
-        models["vae"],
-        models["text"],
-        toks["text"],
-        models["text_2"],
-        toks["text_2"],
-        *t5,
-    )
+    clip_g = (models["text_2"], toks["text_2"]) if cfg.text_2 is not None else (None, None)
+    pipe = SD3Pipeline(cfg, models["mmdit"], models["vae"], models["text"], toks["text"], *clip_g, *t5)
     return pipe.place(device, dtype, vae_dtype or dtype)
 
 

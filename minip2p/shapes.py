@@ -7,6 +7,7 @@ colours, masks, boxes and shapes from any 64x64 image, so tests can check what a
 shows.
 """
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -211,3 +212,29 @@ def matches(spec, bg, found):
     out["colour"], out["shape"] = best
     out["all"] = all(out.values())
     return out
+
+
+def scenes(n, seed, p_omit=0.0):
+    """n rendered scenes -> (images uint8 (n, 64, 64, 3), full specs as JSON strings)."""
+    rng = np.random.default_rng(seed)
+    imgs, specs = [], []
+    for _ in range(n):
+        img, full, _ = render(sample_spec(rng, p_omit), rng)
+        imgs.append(img)
+        specs.append(json.dumps([full.background] + [[o.colour, o.shape] for o in full.objects]))
+    return np.stack(imgs), specs
+
+
+def training_prompt(spec_json, rng, p_omit, p_empty):
+    """A training prompt for a scene: each attribute dropped with p_omit; empty with p_empty (for CFG)."""
+    if rng.random() < p_empty:
+        return ""
+    bg, *objs = json.loads(spec_json)
+
+    def drop(v):
+        return None if rng.random() < p_omit else v
+
+    spec = Spec([Obj(drop(c), drop(s)) for c, s in objs], drop(bg))
+    if rng.random() < 0.5 and len(spec.objects) == 2:  # both orders describe the same scene
+        spec.objects.reverse()
+    return spec.prompt()

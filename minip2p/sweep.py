@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import defaults
-from .checkpoint import BUNDLED_MODEL
+from .checkpoint import is_bundled, model_path
 from .checks import check_device, check_whole, cut, dtype_name, short, short_path
 from .files import atomic_write, fingerprint
 from .metrics import CLIP_METRICS, SHAPES_METRICS, check_clip, kept, parse_keep
@@ -54,16 +54,15 @@ def read_results(path) -> dict:
 def run_options(weights, dtype, vae_dtype, threads, batch, clip, keep, conditions) -> dict:
     """What a folder's results depend on, by what it is: the model and CLIP by their content (`fingerprint`:
     another path to the same files is the same model, one path to other files is not), the rest by value."""
-    model = BUNDLED_MODEL if weights is None else weights
     return dict(
-        model=fingerprint(model),
+        model=fingerprint(model_path(weights)),
         dtype=dtype_name(dtype),
         vae_dtype=dtype_name(vae_dtype, "vae_dtype"),
         threads=threads,
         batch=batch,
         clip=None if clip is None else fingerprint(clip),
         keep=None if keep is None else ",".join(f"{m}{op}{v!r}" for m, op, v in conditions),
-        weights=None if weights is None else str(Path(weights).resolve()),  # where it was: not compared
+        weights=None if is_bundled(weights) else str(Path(weights).resolve()),  # where: not compared
     )
 
 
@@ -135,7 +134,7 @@ def sweep(
     batch = check_whole(batch, "batch", 1, 64)
     check_model_options(weights, device, dtype, vae_dtype)
     items = read_spec(spec, sweep_tokenizer(weights))
-    metrics = (SHAPES_METRICS if weights is None else ()) + (CLIP_METRICS if clip else ())
+    metrics = (SHAPES_METRICS if is_bundled(weights) else ()) + (CLIP_METRICS if clip else ())
     conditions = parse_keep(keep, metrics)
     if clip:
         check_clip(clip)
@@ -246,7 +245,7 @@ class Writer:
 
 def sweep_tokenizer(weights):
     """The tokenizer a spec's words are checked with: a diffusers folder's own, else the bundled CLIP one."""
-    folder = Path(weights) / "tokenizer" if weights and Path(weights).is_dir() else None
+    folder = model_path(weights) / "tokenizer" if model_path(weights).is_dir() else None
     return load_tokenizer(TextConfig(), folder if folder and folder.is_dir() else TOKENIZER_DIR)
 
 
@@ -254,5 +253,5 @@ def check_model_options(weights, device, dtype, vae_dtype):
     dtype_name(dtype), dtype_name(vae_dtype, "vae_dtype")  # by name: the options are written to sweep.json
     if device is not None:
         check_device(device)
-    if weights is not None and not Path(weights).exists():
+    if not model_path(weights).exists():
         raise FileNotFoundError(f"checkpoint not found: {short_path(weights)}")

@@ -106,11 +106,11 @@ def line_items(d, n: int, tokenizer) -> list:
     if not isinstance(seeds, list) or not seeds:
         raise ValueError(f'"seeds" must be a non-empty list of seeds, not {short(seeds)}')
     seeds = [check_seed(s) for s in seeds]
-    sampler = d.get("sampler", defaults.SAMPLERS[0])
-    if not isinstance(sampler, str) or sampler not in defaults.SAMPLERS:
-        raise ValueError(f'"sampler" must be one of {list(defaults.SAMPLERS)}, not {short(sampler)}')
-    default_steps = defaults.DPM_STEPS if sampler == "dpm++" else defaults.STEPS
-    steps = check_whole(d.get("steps", default_steps), "steps", 1, TRAIN_STEPS)
+    sampler = d.get("sampler")  # None: the model's (DDIM; SD3: Euler), as pipe.edit's
+    if sampler is not None and (not isinstance(sampler, str) or sampler not in defaults.ALL_SAMPLERS):
+        raise ValueError(f'"sampler" must be one of {list(defaults.ALL_SAMPLERS)}, not {short(sampler)}')
+    steps = d.get("steps")  # None: the model's for the sampler (DDIM 50, DPM++ 20, SD3 28)
+    steps = None if steps is None else check_whole(steps, "steps", 1, TRAIN_STEPS)
     guidance = d.get("guidance_scale")  # None: the model's own (SD 7.5, SDXL 5.0), as pipe.edit's
     guidance = None if guidance is None else check_finite(guidance, "guidance_scale")
     cross = grid(d.get("cross_replace_steps", defaults.CROSS_REPLACE_STEPS), "cross_replace_steps")

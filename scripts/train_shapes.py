@@ -1,9 +1,14 @@
-"""Train the bundled shapes-world model: VAE first, then UNet + CLIP text encoder, on CPU (or GPU).
+"""Train the bundled shapes-world models: VAE first, then UNet + CLIP text encoder, on CPU (or GPU).
 
     python scripts/train_shapes.py vae  --minutes 20            # /4 VAE on rendered scenes
     python scripts/train_shapes.py latents                      # encode the training scenes once
     python scripts/train_shapes.py unet --minutes 90            # UNet + text encoder on the latents
     python scripts/train_shapes.py export                       # -> minip2p/data/shapes.safetensors (fp16)
+
+The MM-DiT (SD3-family) sibling, on the shipped model's VAE and text encoder (both frozen):
+    python scripts/train_shapes.py latents --vae bundled --arch mmdit
+    python scripts/train_shapes.py mmdit --minutes 85           # flow matching
+    python scripts/train_shapes.py export --arch mmdit          # -> minip2p/data/shapes-mmdit.safetensors
 
 Seeded and resumable: every phase checkpoints to --run (default runs/shapes, git-ignored) every few minutes
 and continues from there when started again; --minutes is a wall-clock budget for this invocation.
@@ -19,13 +24,18 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 
+import minip2p
 from minip2p import VAE, ModelConfig, TextConfig, UNet, UNetConfig, VAEConfig, save_checkpoint, shapes
-from minip2p.checkpoint import BUNDLED_MODEL
+from minip2p.checkpoint import BUNDLED_MMDIT, BUNDLED_MODEL
 from minip2p.ddim import DDIM
 from minip2p.evaluation import psnr
 from minip2p.files import atomic_write
 from minip2p.images import to_tensor
+from minip2p.mmdit import MMDiT, MMDiTConfig
+from minip2p.sd3 import SD3Config
+from minip2p.sd3_loading import save_sd3
 from minip2p.text import build_text_encoder, load_tokenizer, tokenize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +54,29 @@ CONFIG = ModelConfig(
     TextConfig(hidden_size=128, intermediate_size=512, num_layers=3, num_heads=4),
     image_size=64,
 )
+# the shapes-world MM-DiT: SD3.5's blocks (q/k norms, no dual attention), 8x8 tokens of 2x2 latent cells,
+# reading the bundled text encoder (frozen) at its penultimate layer, as SD3 reads its CLIPs
+MMDIT = MMDiTConfig(
+    depth=6,
+    hidden_size=192,
+    num_heads=3,
+    patch_size=2,
+    in_channels=4,
+    context_dim=128,
+    pooled_dim=128,
+    pos_embed_max_size=8,
+    qk_norm=True,
+    dual_attention_layers=(),
+)
+MMDIT_TEXT = TextConfig(
+    hidden_size=128,
+    intermediate_size=512,
+    num_layers=3,
+    num_heads=4,
+    penultimate=True,
+    final_norm=False,
+    projection_dim=128,
+)
 
 
 def log(run, msg):
@@ -51,17 +84,6 @@ def log(run, msg):
     print(line, flush=True)
     with open(run / "log.txt", "a") as f:
         f.write(line + "\n")
-
-
-def scenes(n, seed, p_omit=0.0):
-    """n rendered scenes -> (images uint8 (n, 64, 64, 3), full specs as JSON strings)."""
-    rng = np.random.default_rng(seed)
-    imgs, specs = [], []
-    for _ in range(n):
-        img, full, _ = shapes.render(shapes.sample_spec(rng, p_omit), rng)
-        imgs.append(img)
-        specs.append(json.dumps([full.background] + [[o.colour, o.shape] for o in full.objects]))
-    return np.stack(imgs), specs
 
 
 def save_state(path, model, opt, step, extra=None):
@@ -89,8 +111,8 @@ def train_vae(args, run):
         step = state["step"]
         if state.get("decoder_only", False) == args.decoder_only:
             opt.load_state_dict(state["opt"])
-    train, _ = scenes(min(20000, 10 * args.scenes), args.seed)
-    held, _ = scenes(256, args.seed + 1)
+    train, _ = shapes.scenes(min(20000, 10 * args.scenes), args.seed)
+    held, _ = shapes.scenes(256, args.seed + 1)
     held = to_tensor(held)
     rng = np.random.default_rng(args.seed + step)
     t_end, t_save, first = time.time() + 60 * args.minutes, time.time() + 300, step
@@ -120,9 +142,12 @@ def train_vae(args, run):
 
 
 def encode_latents(args, run):
-    vae = VAE(CONFIG.vae).eval()
-    vae.load_state_dict(load_state(run / "vae.pt")["model"])
-    imgs, specs = scenes(args.scenes, args.seed + 2)
+    if args.vae == "bundled":  # the shipped model's VAE: the MM-DiT shares it with the UNet
+        vae = minip2p.load().vae
+    else:
+        vae = VAE(CONFIG.vae).eval()
+        vae.load_state_dict(load_state(run / "vae.pt")["model"])
+    imgs, specs = shapes.scenes(args.scenes, args.seed + 2)
     lat = []
     with torch.no_grad():
         for i in range(0, len(imgs), 256):
@@ -140,28 +165,18 @@ def encode_latents(args, run):
     )
 
 
-def prompt_for(spec_json, rng, p_omit, p_empty):
-    """A training prompt for a scene: each attribute dropped with p_omit; empty with p_empty (for CFG)."""
-    if rng.random() < p_empty:
-        return ""
-    bg, *objs = json.loads(spec_json)
-
-    def drop(v):
-        return None if rng.random() < p_omit else v
-
-    spec = shapes.Spec([shapes.Obj(drop(c), drop(s)) for c, s in objs], drop(bg))
-    if rng.random() < 0.5 and len(spec.objects) == 2:  # both orders describe the same scene
-        spec.objects.reverse()
-    return spec.prompt()
+def load_latents(run, scale=None):
+    """-> (latents x scale (the latents' own 1/std unless given), their scene index, the scenes' specs)."""
+    data = load_file(str(run / "latents.safetensors"))
+    with safe_open(str(run / "latents.safetensors"), "pt") as f:
+        meta = f.metadata()
+    scale = float(meta["scale"]) if scale is None else scale
+    return data["latents"] * scale, data["scene"], json.loads(meta["specs"])
 
 
 def train_unet(args, run):
     torch.manual_seed(args.seed)
-    data = load_file(str(run / "latents.safetensors"))
-    with safe_open(str(run / "latents.safetensors"), "pt") as f:
-        meta = f.metadata()
-    specs, scale = json.loads(meta["specs"]), float(meta["scale"])
-    lat, scene = data["latents"] * scale, data["scene"]
+    lat, scene, specs = load_latents(run)
     unet, text = UNet(CONFIG.unet), build_text_encoder(CONFIG.text)
     ema_unet, ema_text = (
         UNet(CONFIG.unet).requires_grad_(False),
@@ -188,7 +203,7 @@ def train_unet(args, run):
     while time.time() < t_end and not (args.steps and step - first >= args.steps):
         i = torch.from_numpy(rng.integers(0, len(lat), args.batch or 64))
         x0 = lat[i]
-        prompts = [prompt_for(specs[int(s)], rng, 0.15, 0.1) for s in scene[i]]
+        prompts = [shapes.training_prompt(specs[int(s)], rng, 0.15, 0.1) for s in scene[i]]
         ids = tokenize(tok, prompts)
         t = torch.from_numpy(rng.integers(0, 1000, len(i)))
         noise = torch.randn_like(x0)
@@ -213,7 +228,7 @@ def train_unet(args, run):
             group["lr"] = (args.lr or 1e-3) * min(1.0, (step + 1) / 200) * anneal
         opt.step()
         step += 1
-        decay = min(args.ema, (1 + step) / (10 + step))
+        decay = min(args.ema or 0.995, (1 + step) / (10 + step))
         with torch.no_grad():
             for e, m in ((ema_unet, unet), (ema_text, text)):
                 for pe, pm in zip(e.parameters(), m.parameters()):
@@ -245,7 +260,120 @@ def train_unet(args, run):
     log(run, f"unet stopped at step {step}")
 
 
+def sincos_table(dim, n) -> torch.Tensor:
+    """SD3's fixed 2D sine-cosine position table for n x n tokens -> (1, n * n, dim): half the channels
+    for the row, half for the column."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4).double() / (dim // 4))
+    angles = torch.arange(n).double()[:, None] * omega[None]
+    one = torch.cat([angles.sin(), angles.cos()], dim=1)  # (n, dim / 2)
+    rows, cols = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    return torch.cat([one[rows.flatten()], one[cols.flatten()]], dim=1)[None].float()
+
+
+def new_mmdit() -> MMDiT:
+    """The MM-DiT at its start: adaLN-Zero (every block the identity, the output zero), as DiT trains."""
+    model = MMDiT(MMDIT)
+    model.pos_embed.copy_(sincos_table(MMDIT.hidden_size, MMDIT.pos_embed_max_size))
+    for block in model.joint_blocks:
+        for stream in (block.x_block, block.context_block):
+            nn.init.zeros_(stream.adaLN_modulation[1].weight), nn.init.zeros_(stream.adaLN_modulation[1].bias)
+    final = model.final_layer
+    for layer in (final.adaLN_modulation[1], final.linear):
+        nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
+    return model
+
+
+def mmdit_text():
+    """The bundled model's text encoder (frozen) with a new pooled projection (trained): SD3 conditions
+    every block on a projected end token."""
+    text = build_text_encoder(MMDIT_TEXT)
+    text.text_model.load_state_dict(minip2p.load().text_encoder.state_dict())
+    text.requires_grad_(False).text_projection.requires_grad_(True)
+    return text
+
+
+def encode_batch(text, tok, prompts, rng, pad_drop):
+    """Prompts -> (context (B, 77, 128), pooled (B, 128)); with pad_drop, the end and padding tokens of
+    that share of the prompts are the empty prompt's (as for the UNet: each word read where it stands)."""
+    ids = tokenize(tok, prompts + [""])
+    with torch.no_grad():
+        out = text.text_model(ids, output_hidden_states=True)
+    context, empty = out.hidden_states[-2][:-1], out.hidden_states[-2][-1:]
+    drop = torch.from_numpy(rng.random(len(prompts)) < pad_drop)
+    after = torch.arange(ids.shape[1])[None] >= (ids[:-1] == tok.eos_token_id).int().argmax(1)[:, None]
+    context = torch.where((drop[:, None] & after)[..., None], empty, context)
+    return context, text.text_projection(out.pooler_output[:-1])
+
+
+def train_mmdit(args, run):
+    """Flow matching: x_sigma = (1 - sigma) x0 + sigma noise, the velocity noise - x0 the target; sigma
+    logit-normal (SD3's)."""
+    torch.manual_seed(args.seed)
+    lat, scene, specs = load_latents(run, minip2p.load().config.vae.scale_factor)  # the pipeline's scale
+    model, text, ema = new_mmdit(), mmdit_text(), new_mmdit().requires_grad_(False)
+    tok = load_tokenizer(MMDIT_TEXT)
+    params = list(model.parameters()) + [text.text_projection.weight]
+    opt = torch.optim.AdamW(params, lr=args.lr or 6e-4, weight_decay=0.0)
+    ema_proj = text.text_projection.weight.detach().clone()
+    state, step = load_state(run / "mmdit.pt"), 0
+    if state:
+        model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        ema.load_state_dict(state["ema"]), ema_proj.copy_(state["ema_proj"])
+        text.text_projection.weight.data.copy_(state["proj"])
+        step = state["step"]
+    else:
+        ema.load_state_dict(model.state_dict())
+    rng = np.random.default_rng(args.seed + step)
+    t_end, t_save, first, losses = time.time() + 60 * args.minutes, time.time() + 300, step, []
+    while time.time() < t_end and not (args.steps and step - first >= args.steps):
+        i = torch.from_numpy(rng.integers(0, len(lat), args.batch or 32))
+        x0, noise = lat[i], torch.randn(len(i), *lat.shape[1:])
+        prompts = [shapes.training_prompt(specs[int(s)], rng, 0.15, 0.1) for s in scene[i]]
+        context, pooled = encode_batch(text, tok, prompts, rng, args.pad_drop)
+        sigma = torch.sigmoid(torch.from_numpy(rng.standard_normal(len(i))).float())
+        s = sigma.view(-1, 1, 1, 1)
+        pred = model((1 - s) * x0 + s * noise, sigma * 1000, context, None, pooled)
+        loss = (pred - (noise - x0)).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for group in opt.param_groups:  # linear warm-up over the first 500 steps
+            group["lr"] = (args.lr or 6e-4) * min(1.0, (step + 1) / 500)
+        opt.step()
+        step += 1
+        decay = min(args.ema or 0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+            ema_proj.lerp_(text.text_projection.weight, 1 - decay)
+        losses.append(loss.item())
+        if step % 50 == 0:
+            log(run, f"mmdit step {step} loss {np.mean(losses):.4f}")
+            losses = []
+        if time.time() > t_save or time.time() >= t_end:
+            extra = {"ema": ema.state_dict(), "ema_proj": ema_proj, "proj": text.text_projection.weight}
+            save_state(run / "mmdit.pt", model, opt, step, extra)
+            t_save = time.time() + 300
+    extra = {"ema": ema.state_dict(), "ema_proj": ema_proj, "proj": text.text_projection.weight}
+    save_state(run / "mmdit.pt", model, opt, step, extra)
+    log(run, f"mmdit stopped at step {step}")
+
+
+def export_mmdit(args, run):
+    """The EMA MM-DiT and pooled projection, the bundled VAE and text encoder -> one SD3-family file."""
+    bundled, state = minip2p.load(), load_state(run / "mmdit.pt")
+    model, text = MMDiT(MMDIT), mmdit_text()
+    model.load_state_dict(state["ema"])
+    text.text_projection.weight.data.copy_(state["ema_proj"])
+    cfg = SD3Config("sd3.5", MMDIT, bundled.config.vae, MMDIT_TEXT, None, None, 0, 64, args.shift or 1.0)
+    out = Path(args.to or BUNDLED_MMDIT)
+    save_sd3(out, cfg, model, bundled.vae, text, dtype=torch.float16)
+    log(run, f"exported step {state['step']} to {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
 def export(args, run):
+    if args.arch == "mmdit":
+        return export_mmdit(args, run)
     with safe_open(str(run / "latents.safetensors"), "pt") as f:
         scale = float(f.metadata()["scale"])
     cfg = ModelConfig(**{**CONFIG.__dict__})
@@ -254,7 +382,7 @@ def export(args, run):
     vae.load_state_dict(load_state(run / "vae.pt")["model"])
     state = load_state(run / "unet.pt")
     unet.load_state_dict(state["ema_unet"]), text.load_state_dict(state["ema_text"])
-    out = Path(args.to)
+    out = Path(args.to or BUNDLED_MODEL)
     save_checkpoint(out, cfg, unet, vae, text, dtype=torch.float16)
     log(
         run,
@@ -265,9 +393,9 @@ def export(args, run):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["vae", "latents", "unet", "export"])
+    p.add_argument("phase", choices=["vae", "latents", "unet", "mmdit", "export"])
     p.add_argument(
-        "--run", default=str(ROOT / "runs" / "shapes"), help="checkpoint folder (resumed if present)"
+        "--run", help="checkpoint folder, resumed if present (default: runs/shapes, runs/shapes-mmdit)"
     )
     p.add_argument("--minutes", type=float, default=30, help="wall-clock budget of this invocation")
     p.add_argument(
@@ -275,7 +403,7 @@ def main():
     )
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--ema", type=float, help="EMA decay (unet: 0.995, mmdit: 0.999)")
     p.add_argument(
         "--pad-drop",
         type=float,
@@ -298,15 +426,22 @@ def main():
     p.add_argument(
         "--decoder-only", action="store_true", help="vae: train only the decoder (latents stay valid)"
     )
+    p.add_argument(
+        "--vae", choices=["own", "bundled"], default="own", help="latents: this run's VAE or the shipped one"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--to", default=str(BUNDLED_MODEL), help="export target (default: the bundled model)")
+    p.add_argument("--to", help="export target (default: the bundled model of --arch)")
+    p.add_argument("--arch", choices=["unet", "mmdit"], default="unet", help="export: which model")
+    p.add_argument("--shift", type=float, help="export, mmdit: the flow schedule's shift (default 1)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = Path(args.run)
+    mmdit = args.phase == "mmdit" or args.arch == "mmdit"
+    run = Path(args.run or ROOT / "runs" / ("shapes-mmdit" if mmdit else "shapes"))
     run.mkdir(parents=True, exist_ok=True)
-    {"vae": train_vae, "latents": encode_latents, "unet": train_unet, "export": export}[args.phase](args, run)
+    phases = {"vae": train_vae, "latents": encode_latents, "unet": train_unet, "mmdit": train_mmdit}
+    {**phases, "export": export}[args.phase](args, run)
 
 
 if __name__ == "__main__":
