@@ -1,4 +1,4 @@
-"""Which blocks and steps of an MM-DiT should an edit take from its source? Measured on the shapes-world MM-DiT.
+"""Which blocks and steps of an MM-DiT should an edit take from its source? Measured on the shapes MM-DiT.
 
     python benchmarks/mmdit_places.py [--seeds 24] [--out runs/mmdit-places] [--weights shapes-mmdit]
 
@@ -36,7 +36,7 @@ def spec(seeds: int) -> list:
     lines = []
     for k, (source, target, _) in enumerate(SWAPS[:seeds]):
         base = dict(source=source, target=target, seeds=list(range(k, seeds, len(SWAPS))))
-        for n, (name, places) in enumerate(PLACES.items()):
+        for n, places in enumerate(PLACES.values()):
             lines.append(dict(base, id=f"p{n}-swap{k}", cross_replace_steps=DEFAULT[0], **places))
         lines.append(dict(base, id=f"grid-swap{k}", cross_replace_steps=CROSS, self_replace_steps=SELF))
     return lines
@@ -86,7 +86,13 @@ def line(name, rows):
     )
 
 
-COLUMNS = ("seeds", "takes the new word", "centre moved (px)", "other object's IoU; >= 0.9", "background kept")
+COLUMNS = (
+    "seeds",
+    "takes the new word",
+    "centre moved (px)",
+    "other object's IoU; >= 0.9",
+    "background kept",
+)
 
 
 def main():

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 import minip2p
-from minip2p import AttentionStore, defaults, shapes
+from minip2p import AttentionStore, shapes
 from minip2p.checks import DTYPES
 from minip2p.evaluation import adherence, vae_psnr
 from minip2p.viz import image_grid
@@ -54,7 +54,8 @@ def main():
     )
     dt = time.time() - t0
     print(
-        f"{args.weights or 'shapes'} ({args.dtype}): {args.prompts} prompts, {args.steps} {pipe.samplers[0]} steps, "
+        f"{args.weights or 'shapes'} ({args.dtype}): {args.prompts} prompts, "
+        f"{args.steps} {pipe.samplers[0]} steps, "
         f"guidance {args.guidance} ({dt / args.prompts:.2f} s/image)"
     )
     print("| attribute | right |\n| --- | --- |")

@@ -88,7 +88,7 @@ def cmd_generate(args):
 
 def cmd_demo(args):
     out = check_output(args.out, IMAGE_SUFFIXES)  # before the model is even loaded
-    pipe = load_model(args)  # the bundled shapes-world model
+    pipe = load_model(args)  # a bundled shapes-world model
     images, captions = [], []
     for source in dict.fromkeys(s for _, s, _, _ in DEMO):  # the edits of one source: one batch
         edits = [(label, target, o) for label, s, target, o in DEMO if s == source]
@@ -183,7 +183,9 @@ def cmd_attention(args):
 
 def common(p, out: str):
     p.add_argument(
-        "--weights", help="an SD .safetensors file or diffusers folder (default: the bundled model)"
+        "--weights",
+        help="an SD .safetensors file or diffusers folder, or a bundled model: shapes (the default), "
+        "shapes-mmdit",
     )
     p.add_argument("--text-encoders", help="SD3: a folder with the text encoders the file lacks")
     p.add_argument("--tokenizers", help="SD3: a folder with T5's tokenizer (tokenizer_3/)")
@@ -316,7 +318,7 @@ def parser() -> argparse.ArgumentParser:
     )
     w.add_argument("spec", help='JSONL, one edit a line: {"source": ..., "target": ..., "seeds": [...]}')
     w.add_argument("--out", required=True, help="folder for images/ and results.jsonl (re-run to resume)")
-    w.add_argument("--weights", help=".safetensors file or diffusers folder (default: the bundled model)")
+    w.add_argument("--weights", help="a model file or folder, or shapes-mmdit (default: shapes)")
     w.add_argument("--workers", type=int, default=1, help="local processes, one model each (or Ray workers)")
     w.add_argument(
         "--threads", type=int, default=1, help="torch threads per worker (fixed: results depend on it)"
@@ -341,9 +343,14 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo", help="the offline demo on the bundled model; writes demo.png", formatter_class=formatter
     )
+    d.add_argument(
+        "--weights", help="the bundled model to run: shapes (the UNet, default) or shapes-mmdit (SD3's kind)"
+    )
     d.add_argument("--seed", type=int, default=DEMO_SEED, help="seed of the initial noise")
-    d.add_argument("--steps", type=int, help=f"sampling steps (default: {defaults.STEPS} DDIM steps)")
-    d.add_argument("--sampler", help="ddim (default) or dpm++")
+    d.add_argument(
+        "--steps", type=int, help=f"sampling steps (default: the model's, {defaults.STEPS} DDIM; 28 Euler)"
+    )
+    d.add_argument("--sampler", help="ddim (default) or dpm++; shapes-mmdit: euler")
     d.add_argument("--out", default="demo.png", help="the picture to write")
     model_options(d)
     d.set_defaults(run=cmd_demo)

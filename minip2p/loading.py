@@ -1,8 +1,6 @@
 """Loading a model: a file or folder, checked part by part against the model it is taken to be before any
 memory is taken, then the parts built, filled and put on their device and dtype."""
 
-from pathlib import Path
-
 import torch
 
 from . import checkpoint as ckpt

@@ -195,7 +195,10 @@ def sd3_config(path, parts, meta=None) -> SD3Config:
 def apply_own(cfg: SD3Config, text: str, where: str):
     """Our metadata ({"vae": {...}, "text": {...}, "shift": ..., ...}: OWN's fields) over the config read
     from the shapes, checked."""
-    given = parse_json(text, where)
+    try:
+        given = parse_json(text, where)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
     if not isinstance(given, dict):
         raise CheckpointError(f"{where}: not an object of settings")
     flat = {}
