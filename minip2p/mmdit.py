@@ -240,3 +240,27 @@ def config_from_keys(shapes: dict) -> MMDiTConfig:
         qk_norm="joint_blocks.0.x_block.attn.ln_q.weight" in shapes,
         dual_attention_layers=dual,
     )
+
+
+def sincos_positions(dim: int, n: int) -> torch.Tensor:
+    """SD3's fixed 2D sine-cosine position table for n x n tokens -> (1, n * n, dim): half the channels for
+    the row, half for the column."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4).double() / (dim // 4))
+    angles = torch.arange(n).double()[:, None] * omega[None]
+    one = torch.cat([angles.sin(), angles.cos()], dim=1)  # (n, dim / 2)
+    rows, cols = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    return torch.cat([one[rows.flatten()], one[cols.flatten()]], dim=1)[None].float()
+
+
+@torch.no_grad()
+def initialise(model: MMDiT) -> MMDiT:
+    """An MM-DiT to train from scratch: the position table filled, and adaLN-Zero (every block starts as the
+    identity, the output at zero), as DiT trains."""
+    cfg = model.cfg
+    model.pos_embed.copy_(sincos_positions(cfg.hidden_size, cfg.pos_embed_max_size))
+    for block in model.joint_blocks:
+        for stream in (block.x_block, block.context_block):
+            nn.init.zeros_(stream.adaLN_modulation[1].weight), nn.init.zeros_(stream.adaLN_modulation[1].bias)
+    for layer in (model.final_layer.adaLN_modulation[1], model.final_layer.linear):
+        nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
+    return model

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 import minip2p
 from minip2p import VAE, ModelConfig, TextConfig, UNet, UNetConfig, VAEConfig, save_checkpoint, shapes
@@ -33,7 +32,7 @@ from minip2p.ddim import DDIM
 from minip2p.evaluation import psnr
 from minip2p.files import atomic_write
 from minip2p.images import to_tensor
-from minip2p.mmdit import MMDiT, MMDiTConfig
+from minip2p.mmdit import MMDiT, MMDiTConfig, initialise
 from minip2p.sd3 import SD3Config
 from minip2p.sd3_loading import save_sd3
 from minip2p.text import build_text_encoder, load_tokenizer, tokenize
@@ -260,27 +259,8 @@ def train_unet(args, run):
     log(run, f"unet stopped at step {step}")
 
 
-def sincos_table(dim, n) -> torch.Tensor:
-    """SD3's fixed 2D sine-cosine position table for n x n tokens -> (1, n * n, dim): half the channels
-    for the row, half for the column."""
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4).double() / (dim // 4))
-    angles = torch.arange(n).double()[:, None] * omega[None]
-    one = torch.cat([angles.sin(), angles.cos()], dim=1)  # (n, dim / 2)
-    rows, cols = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-    return torch.cat([one[rows.flatten()], one[cols.flatten()]], dim=1)[None].float()
-
-
 def new_mmdit() -> MMDiT:
-    """The MM-DiT at its start: adaLN-Zero (every block the identity, the output zero), as DiT trains."""
-    model = MMDiT(MMDIT)
-    model.pos_embed.copy_(sincos_table(MMDIT.hidden_size, MMDIT.pos_embed_max_size))
-    for block in model.joint_blocks:
-        for stream in (block.x_block, block.context_block):
-            nn.init.zeros_(stream.adaLN_modulation[1].weight), nn.init.zeros_(stream.adaLN_modulation[1].bias)
-    final = model.final_layer
-    for layer in (final.adaLN_modulation[1], final.linear):
-        nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
-    return model
+    return initialise(MMDiT(MMDIT))
 
 
 def mmdit_text():
