@@ -1,6 +1,7 @@
 """Does Refine keep the layout? Refine edits that add a colour word on the shapes model, by the analyser.
 
     python benchmarks/refine_layout.py [--seeds 24] [--steps 50]
+    python benchmarks/refine_layout.py --weights shapes-mmdit       # the MM-DiT sibling (28 Euler steps)
 
 For each of evaluation.REFINES and each seed whose source image shows its prompt: does the object take the
 colour, and how far (px, of 64) did its centre move, against plain generation of the target from the same
@@ -27,9 +28,9 @@ VARIANTS = {
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--weights")
+    p.add_argument("--weights", help="a model file, or a bundled model's name (default: shapes)")
     p.add_argument("--seeds", type=int, default=24)
-    p.add_argument("--steps", type=int, default=defaults.STEPS)
+    p.add_argument("--steps", type=int, help="default: the model's (DDIM 50; SD3 28)")
     args = p.parse_args()
     pipe = minip2p.load(args.weights)
     rows = {name: [] for name in VARIANTS}  # (background, scores)

@@ -344,7 +344,7 @@ def parser() -> argparse.ArgumentParser:
         "demo", help="the offline demo on the bundled model; writes demo.png", formatter_class=formatter
     )
     d.add_argument(
-        "--weights", help="the bundled model to run: shapes (the UNet, default) or shapes-mmdit (SD3's kind)"
+        "--weights", help="the bundled model: shapes (default), or shapes-mmdit once trained and exported"
     )
     d.add_argument("--seed", type=int, default=DEMO_SEED, help="seed of the initial noise")
     d.add_argument(

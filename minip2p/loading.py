@@ -37,6 +37,11 @@ def load(
     """
     device, dtype = check_device(device), check_dtype(dtype)
     vae_dtype = None if vae_dtype is None else check_dtype(vae_dtype)
+    if ckpt.is_bundled(path) and not ckpt.model_path(path).exists():
+        raise FileNotFoundError(
+            f"the bundled model {path!r} is not in this install: train it with scripts/train_shapes.py "
+            "(phases latents --vae bundled --arch mmdit, mmdit, export --arch mmdit)"
+        )
     path = ckpt.model_path(path)
     tokenizer_dirs = {}
     if path.is_dir() and is_sd3_folder(path):
