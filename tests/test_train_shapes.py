@@ -59,3 +59,24 @@ def test_train_resume_export_load(tmp_path):
     assert all(torch.equal(v.half().float(), pipe.unet.state_dict()[k]) for k, v in ema.items())
     image = pipe.generate(["a red circle on a white background"], seed=0, steps=2, progress=False)[0]
     assert image.size == (64, 64)
+
+
+def test_the_mmdit_trains_resumes_and_exports_an_sd3_file(tmp_path):
+    """The MM-DiT phase on the bundled VAE's latents: seeded and resumable as the UNet's (the same runs end
+    equal, bit for bit; a resume re-seeds from its step); its export is one of
+    our SD3-family files, its MM-DiT the EMA weights."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    train("latents", "--vae", "bundled", "--run", a, "--scenes", 8)
+    b.mkdir()
+    shutil.copy(a / "latents.safetensors", b / "latents.safetensors")
+    for run in (a, b):
+        train("mmdit", "--run", run, "--steps", 2, "--batch", 4)
+        train("mmdit", "--run", run, "--steps", 1, "--batch", 4)  # resumes
+    ma, mb = (torch.load(r / "mmdit.pt", weights_only=True)["model"] for r in (a, b))
+    assert step_of(b / "mmdit.pt") == 3 and all(torch.equal(ma[k], mb[k]) for k in ma)
+    train("export", "--arch", "mmdit", "--run", a, "--to", a / "mmdit.safetensors")
+    pipe = minip2p.load(a / "mmdit.safetensors")
+    assert pipe.config.family == "sd3.5" and pipe.config.text_2 is None and pipe.config.shift == 1.0
+    ema = torch.load(a / "mmdit.pt", weights_only=True)["ema"]
+    assert all(torch.equal(v.half().float(), pipe.transformer.state_dict()[k]) for k, v in ema.items())
+    assert pipe.generate(["a red circle"], seed=0, steps=2, progress=False)[0].size == (64, 64)
