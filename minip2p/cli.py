@@ -185,7 +185,7 @@ def common(p, out: str):
     p.add_argument(
         "--weights",
         help="an SD .safetensors file or diffusers folder, or a bundled model: shapes (the default), "
-        "shapes-mmdit",
+        "shapes-mmdit (once trained and exported)",
     )
     p.add_argument("--text-encoders", help="SD3: a folder with the text encoders the file lacks")
     p.add_argument("--tokenizers", help="SD3: a folder with T5's tokenizer (tokenizer_3/)")
@@ -318,7 +318,7 @@ def parser() -> argparse.ArgumentParser:
     )
     w.add_argument("spec", help='JSONL, one edit a line: {"source": ..., "target": ..., "seeds": [...]}')
     w.add_argument("--out", required=True, help="folder for images/ and results.jsonl (re-run to resume)")
-    w.add_argument("--weights", help="a model file or folder, or shapes-mmdit (default: shapes)")
+    w.add_argument("--weights", help="a model file or folder (default: the bundled shapes model)")
     w.add_argument("--workers", type=int, default=1, help="local processes, one model each (or Ray workers)")
     w.add_argument(
         "--threads", type=int, default=1, help="torch threads per worker (fixed: results depend on it)"
