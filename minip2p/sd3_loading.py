@@ -216,8 +216,12 @@ def apply_own(cfg: SD3Config, text: str, where: str):
             raise CheckpointError(f"{where}: {e}") from None
         setattr(cfg if part is None else getattr(cfg, part), name, v)
     widths = [cfg.vae.ch * m for m in cfg.vae.ch_mult]
-    if cfg.vae.scale_factor <= 0 or cfg.shift <= 0 or any(w % cfg.vae.norm_groups for w in widths):
-        raise CheckpointError(f"{where}: scale_factor and shift must be > 0, norm_groups divide {widths}")
+    for name, value in (("vae.scale_factor", cfg.vae.scale_factor), ("shift", cfg.shift)):
+        if value <= 0:
+            raise CheckpointError(f"{where}: {name} must be > 0, not {value}")
+    if any(w % cfg.vae.norm_groups for w in widths):
+        groups = cfg.vae.norm_groups
+        raise CheckpointError(f"{where}: vae.norm_groups {groups} must divide every width {widths}")
     if cfg.text.hidden_size % cfg.text.num_heads:
         raise CheckpointError(f"{where}: text num_heads must divide its width {cfg.text.hidden_size}")
     if cfg.image_size % cfg.size_step or cfg.image_size > cfg.largest:

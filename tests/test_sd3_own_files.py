@@ -87,11 +87,11 @@ def test_it_samples_and_edits(small_file):
     [
         ({"shift": float("nan")}, "NaN is not a number JSON allows"),
         ({"shift": "3"}, "shift must be a finite number"),
-        ({"vae": {"norm_groups": 7}}, "norm_groups divide"),
+        ({"vae": {"norm_groups": 7}}, "norm_groups 7 must divide every width"),
         ({"text": {"num_heads": 3}}, "num_heads must divide"),
         ({"text": {"layers": 3}}, "unknown setting 'text.layers'"),
         ({"image_size": 128}, "image_size must be a multiple of 8 up to 64"),
-        ({"vae": {"scale_factor": -1.0}}, "scale_factor and shift must be > 0"),
+        ({"vae": {"scale_factor": -1.0}}, "vae.scale_factor must be > 0, not -1.0"),
     ],
 )
 def test_a_bad_setting_in_its_metadata_is_one_line(small_file, tmp_path, change, message):
