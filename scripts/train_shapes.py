@@ -94,6 +94,12 @@ def load_state(path):
     return torch.load(path, weights_only=True) if path.exists() else None
 
 
+def learning_rate(base, warmup, step, t_end, anneal):
+    """Linear warm-up over the first `warmup` steps; linear decay to 5% over the last `anneal` minutes."""
+    left = (t_end - time.time()) / 60
+    return base * min(1.0, (step + 1) / warmup) * (max(0.05, min(1.0, left / anneal)) if anneal else 1.0)
+
+
 def train_vae(args, run):
     torch.manual_seed(args.seed)
     vae = VAE(CONFIG.vae)
@@ -221,10 +227,8 @@ def train_unet(args, run):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        left = (t_end - time.time()) / 60  # minutes left; lr anneals linearly over the last --anneal minutes
-        anneal = max(0.05, min(1.0, left / args.anneal)) if args.anneal else 1.0
-        for group in opt.param_groups:  # linear warm-up over the first 200 steps
-            group["lr"] = (args.lr or 1e-3) * min(1.0, (step + 1) / 200) * anneal
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(args.lr or 1e-3, 200, step, t_end, args.anneal)
         opt.step()
         step += 1
         decay = min(args.ema or 0.995, (1 + step) / (10 + step))
@@ -312,13 +316,14 @@ def train_mmdit(args, run):
         context, pooled = encode_batch(text, tok, prompts, rng, args.pad_drop)
         sigma = torch.sigmoid(torch.from_numpy(rng.standard_normal(len(i))).float())
         s = sigma.view(-1, 1, 1, 1)
-        pred = model((1 - s) * x0 + s * noise, sigma * 1000, context, None, pooled)
-        loss = (pred - (noise - x0)).pow(2).mean()
+        with torch.autocast("cpu", torch.bfloat16, enabled=args.bf16):
+            pred = model((1 - s) * x0 + s * noise, sigma * 1000, context, None, pooled)
+        loss = (pred.float() - (noise - x0)).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        for group in opt.param_groups:  # linear warm-up over the first 500 steps
-            group["lr"] = (args.lr or 6e-4) * min(1.0, (step + 1) / 500)
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(args.lr or 6e-4, 500, step, t_end, args.anneal)
         opt.step()
         step += 1
         decay = min(args.ema or 0.999, (1 + step) / (10 + step))
@@ -394,7 +399,7 @@ def main():
         "--anneal",
         type=float,
         default=0,
-        help="unet: decay lr linearly to 5%% over the last N minutes (wall clock: such runs are "
+        help="unet/mmdit: decay lr linearly to 5%% over the last N minutes (wall clock: such runs are "
         "not repeatable bit for bit)",
     )
     p.add_argument(
@@ -410,6 +415,7 @@ def main():
         "--vae", choices=["own", "bundled"], default="own", help="latents: this run's VAE or the shipped one"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action="store_true", help="mmdit: CPU autocast (weights and loss stay fp32)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--to", help="export target (default: the bundled model of --arch)")
     p.add_argument("--arch", choices=["unet", "mmdit"], default="unet", help="export: which model")
