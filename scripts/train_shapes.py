@@ -91,7 +91,7 @@ def save_state(path, model, opt, step, extra=None):
 
 
 def load_state(path):
-    return torch.load(path, weights_only=True) if path.exists() else None
+    return torch.load(path, weights_only=True, map_location="cpu") if path.exists() else None
 
 
 def learning_rate(base, warmup, step, t_end, anneal):
@@ -279,12 +279,13 @@ def mmdit_text():
 def encode_batch(text, tok, prompts, rng, pad_drop):
     """Prompts -> (context (B, 77, 128), pooled (B, 128)); with pad_drop, the end and padding tokens of
     that share of the prompts are the empty prompt's (as for the UNet: each word read where it stands)."""
-    ids = tokenize(tok, prompts + [""])
+    ids = tokenize(tok, prompts + [""]).to(text.device)
     with torch.no_grad():
         out = text.text_model(ids, output_hidden_states=True)
     context, empty = out.hidden_states[-2][:-1], out.hidden_states[-2][-1:]
-    drop = torch.from_numpy(rng.random(len(prompts)) < pad_drop)
-    after = torch.arange(ids.shape[1])[None] >= (ids[:-1] == tok.eos_token_id).int().argmax(1)[:, None]
+    drop = torch.from_numpy(rng.random(len(prompts)) < pad_drop).to(ids.device)
+    after = torch.arange(ids.shape[1], device=ids.device)[None]
+    after = after >= (ids[:-1] == tok.eos_token_id).int().argmax(1)[:, None]
     context = torch.where((drop[:, None] & after)[..., None], empty, context)
     return context, text.text_projection(out.pooler_output[:-1])
 
@@ -294,7 +295,8 @@ def train_mmdit(args, run):
     logit-normal (SD3's)."""
     torch.manual_seed(args.seed)
     lat, scene, specs = load_latents(run, minip2p.load().config.vae.scale_factor)  # the pipeline's scale
-    model, text, ema = new_mmdit(), mmdit_text(), new_mmdit().requires_grad_(False)
+    dev = torch.device(args.device)  # batches are drawn on the CPU: a seeded run sees the same data anywhere
+    model, text, ema = (m.to(dev) for m in (new_mmdit(), mmdit_text(), new_mmdit().requires_grad_(False)))
     tok = load_tokenizer(MMDIT_TEXT)
     params = list(model.parameters()) + [text.text_projection.weight]
     opt = torch.optim.AdamW(params, lr=args.lr or 6e-4, weight_decay=0.0)
@@ -311,12 +313,12 @@ def train_mmdit(args, run):
     t_end, t_save, first, losses = time.time() + 60 * args.minutes, time.time() + 300, step, []
     while time.time() < t_end and not (args.steps and step - first >= args.steps):
         i = torch.from_numpy(rng.integers(0, len(lat), args.batch or 32))
-        x0, noise = lat[i], torch.randn(len(i), *lat.shape[1:])
+        x0, noise = lat[i].to(dev), torch.randn(len(i), *lat.shape[1:]).to(dev)
         prompts = [shapes.training_prompt(specs[int(s)], rng, 0.15, 0.1) for s in scene[i]]
         context, pooled = encode_batch(text, tok, prompts, rng, args.pad_drop)
-        sigma = torch.sigmoid(torch.from_numpy(rng.standard_normal(len(i))).float())
+        sigma = torch.sigmoid(torch.from_numpy(rng.standard_normal(len(i))).float()).to(dev)
         s = sigma.view(-1, 1, 1, 1)
-        with torch.autocast("cpu", torch.bfloat16, enabled=args.bf16):
+        with torch.autocast(dev.type, torch.bfloat16, enabled=args.bf16):
             pred = model((1 - s) * x0 + s * noise, sigma * 1000, context, None, pooled)
         loss = (pred.float() - (noise - x0)).pow(2).mean()
         opt.zero_grad(set_to_none=True)
@@ -415,7 +417,8 @@ def main():
         "--vae", choices=["own", "bundled"], default="own", help="latents: this run's VAE or the shipped one"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bf16", action="store_true", help="mmdit: CPU autocast (weights and loss stay fp32)")
+    p.add_argument("--bf16", action="store_true", help="mmdit: bf16 autocast (weights and loss stay fp32)")
+    p.add_argument("--device", default="cpu", help="mmdit: where the model trains (cpu, cuda)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--to", help="export target (default: the bundled model of --arch)")
     p.add_argument("--arch", choices=["unet", "mmdit"], default="unet", help="export: which model")
