@@ -20,7 +20,6 @@ from PIL import Image
 from report import header, row
 
 import minip2p
-from minip2p.checkpoint import is_bundled
 from minip2p.evaluation import SWAPS, edit_scores
 from minip2p.mmdit import THIRDS
 
@@ -98,14 +97,15 @@ COLUMNS = (
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--weights", default="shapes-mmdit", help="a bundled model's name")
+    p.add_argument(
+        "--weights", default="shapes-mmdit", help="the shapes MM-DiT, or a file of one (its export)"
+    )
     p.add_argument("--seeds", type=int, default=24)
     p.add_argument("--out", default="runs/mmdit-places", help="the sweep's folder (resumed)")
     p.add_argument("--workers", type=int, default=1)
     args = p.parse_args()
-    if not is_bundled(args.weights):  # sweep() runs the analyser on bundled models only
-        p.error(f"--weights {args.weights}: name a bundled model (export yours with train_shapes.py export)")
-    records = minip2p.sweep(spec(args.seeds), args.out, weights=args.weights, workers=args.workers)
+    sweep = dict(weights=args.weights, workers=args.workers, shapes=True)  # a file too is the shapes world
+    records = minip2p.sweep(spec(args.seeds), args.out, **sweep)
     table = scored(records)
     pipe = minip2p.load(args.weights)
     plain = plain_targets(pipe, records, args.out)

@@ -335,6 +335,12 @@ def parser() -> argparse.ArgumentParser:
         "--clip", help="a local transformers CLIPModel folder: CLIP metrics (nothing is downloaded)"
     )
     w.add_argument("--keep", help="mark the edits that pass, e.g. clip_dir>=0.2,clip_img>=0.75")
+    w.add_argument(
+        "--shapes",
+        action="store_true",
+        default=None,
+        help="score with the shapes-world analyser: a shapes-world model of your own (bundled ones are)",
+    )
     model_options(w)
     w.set_defaults(
         run=cmd_sweep, device=None
@@ -370,6 +376,7 @@ def cmd_sweep(args):
             ray_address=args.ray_address,
             clip=args.clip,
             keep=args.keep,
+            shapes=args.shapes,
             device=args.device,
             dtype=args.dtype,
             vae_dtype=args.vae_dtype,

@@ -31,14 +31,16 @@ class Worker:
     """One model (and CLIP scorer), loaded once; computes items. The same in this process, in a local
     process or in a Ray actor."""
 
-    def __init__(self, weights=None, device=None, dtype="float32", vae_dtype=None, clip=None, threads=1):
+    def __init__(
+        self, weights=None, device=None, dtype="float32", vae_dtype=None, clip=None, threads=1, shapes=None
+    ):
         self.threads, self.fatal, device = threads, None, device or "cpu"
         try:
             self.pipe = load(weights, device=device, dtype=dtype, vae_dtype=vae_dtype)
             self.clip = ClipScorer(clip, device) if clip else None
         except Exception as e:  # any cause: the driver stops on the first item with this line, no retries
             self.fatal = f"a sweep worker cannot start: {cut(e, 300)}"
-        self.shapes = is_bundled(weights)
+        self.shapes = is_bundled(weights) if shapes is None else shapes  # the analyser's metrics
 
     def run(self, items: list) -> list:
         """A batch of items (one source and seed, `sweep.batches`) -> a result each: {"key", "metrics",

@@ -51,10 +51,11 @@ def read_results(path) -> dict:
     return folder.records()
 
 
-def run_options(weights, dtype, vae_dtype, threads, batch, clip, keep, conditions) -> dict:
+def run_options(weights, dtype, vae_dtype, threads, batch, clip, keep, conditions, shapes) -> dict:
     """What a folder's results depend on, by what it is: the model and CLIP by their content (`fingerprint`:
-    another path to the same files is the same model, one path to other files is not), the rest by value."""
-    return dict(
+    another path to the same files is the same model, one path to other files is not), the rest by value.
+    `shapes` is written only where it is not the model's default, so folders from before it resume."""
+    options = dict(
         model=fingerprint(model_path(weights)),
         dtype=dtype_name(dtype),
         vae_dtype=dtype_name(vae_dtype, "vae_dtype"),
@@ -64,6 +65,9 @@ def run_options(weights, dtype, vae_dtype, threads, batch, clip, keep, condition
         keep=None if keep is None else ",".join(f"{m}{op}{v!r}" for m, op, v in conditions),
         weights=None if is_bundled(weights) else str(Path(weights).resolve()),  # where: not compared
     )
+    if shapes != is_bundled(weights):
+        options["shapes"] = shapes
+    return options
 
 
 def check_options(folder: Folder, options: dict, has_results: bool):
@@ -79,9 +83,9 @@ def check_options(folder: Folder, options: dict, has_results: bool):
         return
     names = {"model": "weights (the model's files)", "clip": "clip (the CLIP model's files)"}
     changed = [
-        f"{names.get(k, k)} {short(before.get(k), 40)} -> {short(v, 40)}"
-        for k, v in options.items()
-        if k != "weights" and before.get(k) != v
+        f"{names.get(k, k)} {short(before.get(k), 40)} -> {short(options.get(k), 40)}"
+        for k in {**before, **options}
+        if k != "weights" and before.get(k) != options.get(k)
     ]
     if changed:
         raise ValueError(
@@ -119,6 +123,7 @@ def sweep(
     vae_dtype=None,
     threads: int = 1,
     batch: int = defaults.SWEEP_BATCH,
+    shapes: bool | None = None,
     progress: bool = True,
 ) -> list:
     """Run every item of `spec` (a JSONL path, or a list of dicts) not yet finished in `out` -> every item's
@@ -128,19 +133,26 @@ def sweep(
     None: the CPU, or on a Ray cluster with GPUs, one GPU per worker. An edit that fails (a setting the model
     cannot take, out of memory) gets a record with its "error", the sweep goes on, and the next run of the
     folder tries it again. `batch`: edits of one source and seed computed together (1 + batch rows of work
-    instead of 2 x batch). SIGTERM is taken as Ctrl-C: the workers are stopped, what is finished is kept."""
+    instead of 2 x batch). `shapes`: score with the shapes-world analyser (None: for the bundled models
+    only; True for a shapes-world model of your own). SIGTERM is taken as Ctrl-C: the workers are stopped,
+    what is finished is kept."""
     folder = Folder(out)
     workers, threads = check_whole(workers, "workers", 1, 1024), check_whole(threads, "threads", 1, 1024)
     batch = check_whole(batch, "batch", 1, 64)
     check_model_options(weights, device, dtype, vae_dtype)
     items = read_spec(spec, sweep_tokenizer(weights))
-    metrics = (SHAPES_METRICS if is_bundled(weights) else ()) + (CLIP_METRICS if clip else ())
+    if shapes not in (None, True, False):
+        raise ValueError(
+            f"shapes={shapes!r}: give True, False or None (the analyser for bundled models only)"
+        )
+    shapes = is_bundled(weights) if shapes is None else shapes
+    metrics = (SHAPES_METRICS if shapes else ()) + (CLIP_METRICS if clip else ())
     conditions = parse_keep(keep, metrics)
     if clip:
         check_clip(clip)
     if ray:
         check_ray(ray_address)
-    options = run_options(weights, dtype, vae_dtype, threads, batch, clip, keep, conditions)
+    options = run_options(weights, dtype, vae_dtype, threads, batch, clip, keep, conditions, shapes)
     with folder, terminate_as_interrupt():
         records, stored, by_key, todo = plan(folder, items, options, batch, progress)
         bar = tqdm(
@@ -151,7 +163,7 @@ def sweep(
             disable=not progress,
         )
         work = dict(weights=weights, dtype=options["dtype"], vae_dtype=options["vae_dtype"])
-        work.update(device=device, clip=clip, threads=threads)
+        work.update(device=device, clip=clip, threads=threads, shapes=shapes)
         computed = results(todo, work, workers, ray, ray_address)
         records.update(Writer(folder, options, stored, by_key, conditions).write(computed, bar))
     return [records[i.key] for i in items]

@@ -9,6 +9,11 @@ The MM-DiT (SD3-family) sibling, on the shipped model's VAE and text encoder (bo
     python scripts/train_shapes.py latents --vae bundled --arch mmdit
     python scripts/train_shapes.py mmdit --minutes 85           # flow matching
     python scripts/train_shapes.py export --arch mmdit          # -> minip2p/data/shapes-mmdit.safetensors
+    python scripts/train_shapes.py keep                         # -> scripts/shapes-mmdit-run.safetensors
+    python scripts/train_shapes.py mmdit --start scripts/shapes-mmdit-run.safetensors   # a fresh checkout
+The MM-DiT takes more steps than one session's CPU time, and a session's run folder does not outlive it:
+`keep` writes the run's weights (fp16, without AdamW's moments) to a file in the repository, and `--start`
+goes on from there.
 
 Seeded and resumable: every phase checkpoints to --run (default runs/shapes, git-ignored) every few minutes
 and continues from there when started again; --minutes is a wall-clock budget for this invocation.
@@ -38,6 +43,7 @@ from minip2p.sd3_loading import save_sd3
 from minip2p.text import build_text_encoder, load_tokenizer, tokenize
 
 ROOT = Path(__file__).resolve().parent.parent
+KEPT_MMDIT = ROOT / "scripts" / "shapes-mmdit-run.safetensors"  # the unfinished MM-DiT run, committed
 CONFIG = ModelConfig(
     "custom",
     UNetConfig(
@@ -301,12 +307,16 @@ def train_mmdit(args, run):
     params = list(model.parameters()) + [text.text_projection.weight]
     opt = torch.optim.AdamW(params, lr=args.lr or 6e-4, weight_decay=0.0)
     ema_proj = text.text_projection.weight.detach().clone()
-    state, step = load_state(run / "mmdit.pt"), 0
+    state, step, warm_from = load_state(run / "mmdit.pt"), 0, 0
+    if state is None and args.start:
+        state = kept_state(args.start)  # a kept run (no optimiser state): AdamW starts again, warmed up again
     if state:
-        model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
-        ema.load_state_dict(state["ema"]), ema_proj.copy_(state["ema_proj"])
-        text.text_projection.weight.data.copy_(state["proj"])
+        model.load_state_dict(state["model"]), ema.load_state_dict(state["ema"])
+        ema_proj.copy_(state["ema_proj"]), text.text_projection.weight.data.copy_(state["proj"])
         step = state["step"]
+        warm_from = state.get("warm_from", step)
+        if "opt" in state:
+            opt.load_state_dict(state["opt"])
     else:
         ema.load_state_dict(model.state_dict())
     rng = np.random.default_rng(args.seed + step)
@@ -325,7 +335,7 @@ def train_mmdit(args, run):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         for group in opt.param_groups:
-            group["lr"] = learning_rate(args.lr or 6e-4, 500, step, t_end, args.anneal)
+            group["lr"] = learning_rate(args.lr or 6e-4, 500, step - warm_from, t_end, args.anneal)
         opt.step()
         step += 1
         decay = min(args.ema or 0.999, (1 + step) / (10 + step))
@@ -338,12 +348,41 @@ def train_mmdit(args, run):
             log(run, f"mmdit step {step} loss {np.mean(losses):.4f}")
             losses = []
         if time.time() > t_save or time.time() >= t_end:
-            extra = {"ema": ema.state_dict(), "ema_proj": ema_proj, "proj": text.text_projection.weight}
-            save_state(run / "mmdit.pt", model, opt, step, extra)
+            save_mmdit(run, model, ema, opt, text, ema_proj, step, warm_from)
             t_save = time.time() + 300
-    extra = {"ema": ema.state_dict(), "ema_proj": ema_proj, "proj": text.text_projection.weight}
-    save_state(run / "mmdit.pt", model, opt, step, extra)
+    save_mmdit(run, model, ema, opt, text, ema_proj, step, warm_from)
     log(run, f"mmdit stopped at step {step}")
+
+
+def save_mmdit(run, model, ema, opt, text, ema_proj, step, warm_from):
+    extra = {"ema": ema.state_dict(), "ema_proj": ema_proj, "proj": text.text_projection.weight}
+    save_state(run / "mmdit.pt", model, opt, step, {**extra, "warm_from": warm_from})
+
+
+def keep_mmdit(args, run):
+    """The run's weights and EMA weights in fp16, without AdamW's moments: small enough to commit, so that a
+    fresh checkout resumes the run (`mmdit --start FILE`) where a session's git-ignored run folder is lost."""
+    state = load_state(run / "mmdit.pt")
+    tensors = {f"model.{k}": v for k, v in state["model"].items()}
+    tensors.update({f"ema.{k}": v for k, v in state["ema"].items()})
+    tensors.update(proj=state["proj"], ema_proj=state["ema_proj"])
+    out = Path(args.to or KEPT_MMDIT)
+    with atomic_write(out) as tmp:
+        save_file(
+            {k: v.half().contiguous() for k, v in tensors.items()}, str(tmp), {"step": str(state["step"])}
+        )
+    log(run, f"kept step {state['step']} in {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+def kept_state(path) -> dict:
+    """A file of `keep_mmdit` -> a state as `train_mmdit` saves it, less the optimiser's."""
+    tensors = {k: v.float() for k, v in load_file(str(path)).items()}
+    with safe_open(str(path), "pt") as f:
+        step = int(f.metadata()["step"])
+    state = {"step": step, "proj": tensors.pop("proj"), "ema_proj": tensors.pop("ema_proj")}
+    for part in ("model", "ema"):
+        state[part] = {k[len(part) + 1 :]: v for k, v in tensors.items() if k.startswith(part + ".")}
+    return state
 
 
 def export_mmdit(args, run):
@@ -380,7 +419,7 @@ def export(args, run):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["vae", "latents", "unet", "mmdit", "export"])
+    p.add_argument("phase", choices=["vae", "latents", "unet", "mmdit", "export", "keep"])
     p.add_argument(
         "--run", help="checkpoint folder, resumed if present (default: runs/shapes, runs/shapes-mmdit)"
     )
@@ -420,16 +459,18 @@ def main():
     p.add_argument("--bf16", action="store_true", help="mmdit: bf16 autocast (weights and loss stay fp32)")
     p.add_argument("--device", default="cpu", help="mmdit: where the model trains (cpu, cuda)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--to", help="export target (default: the bundled model of --arch)")
+    p.add_argument("--to", help="export/keep target (default: the bundled model of --arch; keep: KEPT_MMDIT)")
+    p.add_argument("--start", help="mmdit: a kept run (keep's file) to start from when --run has no state")
     p.add_argument("--arch", choices=["unet", "mmdit"], default="unet", help="export: which model")
     p.add_argument("--shift", type=float, help="export, mmdit: the flow schedule's shift (default 1)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    mmdit = args.phase == "mmdit" or args.arch == "mmdit"
+    mmdit = args.phase in ("mmdit", "keep") or args.arch == "mmdit"
     run = Path(args.run or ROOT / "runs" / ("shapes-mmdit" if mmdit else "shapes"))
     run.mkdir(parents=True, exist_ok=True)
     phases = {"vae": train_vae, "latents": encode_latents, "unet": train_unet, "mmdit": train_mmdit}
+    phases["keep"] = keep_mmdit
     {**phases, "export": export}[args.phase](args, run)
 
 

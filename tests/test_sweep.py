@@ -17,6 +17,7 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
 import minip2p
+from minip2p.checkpoint import model_path
 from minip2p.metrics import CLIP_METRICS, SHAPES_METRICS
 from minip2p.sweep import SpecError, read_results
 from minip2p.text import TOKENIZER_DIR, TextConfig, load_tokenizer
@@ -322,3 +323,22 @@ def test_batches_are_a_function_of_the_spec_and_equal_the_edits_one_by_one(tmp_p
     )
     with pytest.raises(ValueError, match="batch 4 -> 2"):
         minip2p.sweep(spec, tmp_path / "four", batch=2, progress=False)
+
+
+def test_the_analyser_scores_a_shapes_model_of_your_own_when_asked(tmp_path):
+    """A model given by path gets the analyser's metrics with shapes=True only (a bundled one by default);
+    the folder keeps that choice where it is not the default, so a resume cannot switch it and a folder
+    written before the option resumes as it was."""
+    own = tmp_path / "my-shapes.safetensors"
+    own.write_bytes(model_path(None).read_bytes())
+    (plain,) = minip2p.sweep(SPEC[1:], tmp_path / "plain", weights=own, progress=False)
+    (scored,) = minip2p.sweep(SPEC[1:], tmp_path / "scored", weights=own, shapes=True, progress=False)
+    assert plain["metrics"] == {} and set(scored["metrics"]) == set(SHAPES_METRICS)
+    options = json.loads((tmp_path / "scored" / "sweep.json").read_text())
+    assert options["shapes"] is True
+    with pytest.raises(ValueError, match=r"other options \(shapes True -> None\)"):
+        minip2p.sweep(SPEC[1:], tmp_path / "scored", weights=own, progress=False)
+    minip2p.sweep(SPEC[1:], tmp_path / "bundled", progress=False)
+    assert "shapes" not in json.loads((tmp_path / "bundled" / "sweep.json").read_text())
+    with pytest.raises(ValueError, match="shapes='yes': give True, False or None"):
+        minip2p.sweep(SPEC[1:], tmp_path / "bad", weights=own, shapes="yes", progress=False)

@@ -80,3 +80,15 @@ def test_the_mmdit_trains_resumes_and_exports_an_sd3_file(tmp_path):
     ema = torch.load(a / "mmdit.pt", weights_only=True)["ema"]
     assert all(torch.equal(v.half().float(), pipe.transformer.state_dict()[k]) for k, v in ema.items())
     assert pipe.generate(["a red circle"], seed=0, steps=2, progress=False)[0].size == (64, 64)
+
+    # kept (fp16, no optimiser state: the file committed between sessions), then resumed in a new run folder
+    train("keep", "--run", a, "--to", a / "kept.safetensors")
+    c = tmp_path / "c"
+    c.mkdir()
+    shutil.copy(a / "latents.safetensors", c / "latents.safetensors")
+    train("mmdit", "--run", c, "--start", a / "kept.safetensors", "--steps", 1, "--batch", 4)
+    resumed = torch.load(c / "mmdit.pt", weights_only=True)
+    assert resumed["step"] == 4 and resumed["warm_from"] == 3  # counts on; AdamW warms up again
+    kept = {k: v.half().float() for k, v in torch.load(a / "mmdit.pt", weights_only=True)["model"].items()}
+    moved = [(resumed["model"][k] - v).abs().max().item() for k, v in kept.items()]
+    assert max(moved) < 1e-4 and max(moved) > 0  # one warm-up step (lr 6e-4 / 500) from the kept weights
