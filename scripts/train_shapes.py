@@ -296,6 +296,22 @@ def encode_batch(text, tok, prompts, rng, pad_drop):
     return context, text.text_projection(out.pooler_output[:-1])
 
 
+def restore_mmdit(run, start, model, ema, opt, text, ema_proj) -> tuple:
+    """The run's state (else a kept one, else EMA = the new model) into the models -> (step, the step AdamW's
+    warm-up counts from: a kept run's AdamW starts afresh, so it warms up again)."""
+    state = load_state(run / "mmdit.pt")
+    if state is None and start:
+        state = kept_state(start)
+    if state is None:
+        ema.load_state_dict(model.state_dict())
+        return 0, 0
+    model.load_state_dict(state["model"]), ema.load_state_dict(state["ema"])
+    ema_proj.copy_(state["ema_proj"]), text.text_projection.weight.data.copy_(state["proj"])
+    if "opt" in state:
+        opt.load_state_dict(state["opt"])
+    return state["step"], state.get("warm_from", 0 if "opt" in state else state["step"])
+
+
 def train_mmdit(args, run):
     """Flow matching: x_sigma = (1 - sigma) x0 + sigma noise, the velocity noise - x0 the target; sigma
     logit-normal (SD3's)."""
@@ -307,18 +323,7 @@ def train_mmdit(args, run):
     params = list(model.parameters()) + [text.text_projection.weight]
     opt = torch.optim.AdamW(params, lr=args.lr or 6e-4, weight_decay=0.0)
     ema_proj = text.text_projection.weight.detach().clone()
-    state, step, warm_from = load_state(run / "mmdit.pt"), 0, 0
-    if state is None and args.start:
-        state = kept_state(args.start)  # a kept run (no optimiser state): AdamW starts again, warmed up again
-    if state:
-        model.load_state_dict(state["model"]), ema.load_state_dict(state["ema"])
-        ema_proj.copy_(state["ema_proj"]), text.text_projection.weight.data.copy_(state["proj"])
-        step = state["step"]
-        warm_from = state.get("warm_from", step)
-        if "opt" in state:
-            opt.load_state_dict(state["opt"])
-    else:
-        ema.load_state_dict(model.state_dict())
+    step, warm_from = restore_mmdit(run, args.start, model, ema, opt, text, ema_proj)
     rng = np.random.default_rng(args.seed + step)
     t_end, t_save, first, losses = time.time() + 60 * args.minutes, time.time() + 300, step, []
     while time.time() < t_end and not (args.steps and step - first >= args.steps):
