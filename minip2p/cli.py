@@ -335,12 +335,7 @@ def parser() -> argparse.ArgumentParser:
         "--clip", help="a local transformers CLIPModel folder: CLIP metrics (nothing is downloaded)"
     )
     w.add_argument("--keep", help="mark the edits that pass, e.g. clip_dir>=0.2,clip_img>=0.75")
-    w.add_argument(
-        "--shapes",
-        action="store_true",
-        default=None,
-        help="score with the shapes-world analyser: a shapes-world model of your own (bundled ones are)",
-    )
+    w.add_argument("--shapes", action="store_true", default=None, help="the analyser for a shapes model file")
     model_options(w)
     w.set_defaults(
         run=cmd_sweep, device=None
