@@ -337,9 +337,7 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--keep", help="mark the edits that pass, e.g. clip_dir>=0.2,clip_img>=0.75")
     w.add_argument("--shapes", action="store_true", default=None, help="the analyser for a shapes model file")
     model_options(w)
-    w.set_defaults(
-        run=cmd_sweep, device=None
-    )  # none: the CPU, or a GPU per worker on a Ray cluster with GPUs
+    w.set_defaults(run=cmd_sweep, device=None)  # None: the CPU, or a GPU per worker on a Ray cluster
 
     d = sub.add_parser(
         "demo", help="the offline demo on the bundled model; writes demo.png", formatter_class=formatter

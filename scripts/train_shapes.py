@@ -360,8 +360,10 @@ def train_mmdit(args, run):
 
 
 def save_mmdit(run, model, ema, opt, text, ema_proj, step, warm_from):
-    extra = {"ema": ema.state_dict(), "ema_proj": ema_proj, "proj": text.text_projection.weight}
-    save_state(run / "mmdit.pt", model, opt, step, {**extra, "warm_from": warm_from})
+    extra = dict(
+        ema=ema.state_dict(), ema_proj=ema_proj, proj=text.text_projection.weight, warm_from=warm_from
+    )
+    save_state(run / "mmdit.pt", model, opt, step, extra)
 
 
 def keep_mmdit(args, run):
