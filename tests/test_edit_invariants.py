@@ -1,5 +1,5 @@
 """The invariants of Prompt-to-Prompt, written once and held on every model: the small random SD1, the bundled
-shapes model in fp32 and bf16, the narrow random SDXL.
+shapes model in fp32 and bf16, the narrow random SDXL, and the bundled shapes MM-DiT (SD3's joint attention).
 They hold whatever the weights: an edit of a prompt into itself changes nothing, an edit with no steps is
 plain generation of the target, the source is never touched, Reweight at 1 is no edit, a store only watches,
 LocalBlend's masks do what they say."""
@@ -16,12 +16,16 @@ REFINE = ["a red circle", "a red circle and a blue square"]
 HALF_PRECISION = 0.05  # mean relative error of latents after a few steps of a 16-bit model (bf16: 8 bits)
 
 
-@pytest.fixture(scope="module", params=["small-sd1", "bundled", "bundled-bf16", "narrow-sdxl"])
+@pytest.fixture(
+    scope="module", params=["small-sd1", "bundled", "bundled-bf16", "narrow-sdxl", "shapes-mmdit"]
+)
 def model(request, small_ckpt, sdxl_ckpt):
     if request.param == "small-sd1":
         return minip2p.load(small_ckpt["sd1"][0])
     if request.param == "narrow-sdxl":
         return minip2p.load(sdxl_ckpt[0])
+    if request.param == "shapes-mmdit":
+        return minip2p.load("shapes-mmdit")
     return minip2p.load(dtype="bfloat16" if request.param == "bundled-bf16" else "float32")
 
 
