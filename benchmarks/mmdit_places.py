@@ -74,7 +74,7 @@ def line(name, rows):
     if not rows:
         return row(name, 0, *["-"] * 5)
     ious = np.array([x["kept_iou"] for x in rows])
-    moved = [x["moved"] for x in rows if x["moved"] is not None]
+    moved = [x["moved"] for x in rows if x["moved"] is not None and not np.isnan(x["moved"])]  # NaN: lost
     return row(
         name,
         len(rows),

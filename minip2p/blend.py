@@ -44,8 +44,11 @@ class LocalBlend:
     """After each step from `start_blend` on, latents outside a mask are taken from the source. The mask is
     where the words' cross-attention (mean over the steps so far, heads and the down/up places at
     `res_fraction` of the latent size, 16x16 for a 64x64 latent) exceeds `threshold` of its maximum, for the
-    source's words or the target's; `subtract` words cut their region out; `mask` (any size, resized to the
-    latent) replaces the attention mask altogether. Maps coarser than 8x8 are not used (`blend_downsample`).
+    source's words or the target's. On an MM-DiT the maps are the words' text->image maps of every block (each
+    word's attention over the image; its image->text maps are too diffuse to cut a region from), and the
+    default threshold is `defaults.MMDIT_BLEND_THRESHOLD`. `subtract` words cut their region out; `mask` (any
+    size, resized to the latent) replaces the attention mask altogether. Maps coarser than 8x8 are not used
+    (`blend_downsample`).
 
     `words` (and `subtract`) are given once for all prompts: each is looked up in every prompt, and a prompt
     without it blends on the others' region ("circle" of "a circle" -> "a square" marks the source's circle).
@@ -54,7 +57,7 @@ class LocalBlend:
     def __init__(
         self,
         words,
-        threshold: float = defaults.BLEND_THRESHOLD,
+        threshold: float | None = None,
         start_blend: float = defaults.START_BLEND,
         subtract=None,
         mask=None,
@@ -63,7 +66,8 @@ class LocalBlend:
         self.words = check_word_list(words, "LocalBlend")
         self.subtract = None if subtract is None else check_word_list(subtract, "LocalBlend subtract")
         self.user_mask = check_mask(mask)
-        self.threshold = check_range(threshold, "LocalBlend threshold", 0, 1)
+        # None: defaults.BLEND_THRESHOLD on cross-attention, MMDIT_BLEND_THRESHOLD on joint attention
+        self.threshold = None if threshold is None else check_range(threshold, "LocalBlend threshold", 0, 1)
         self.start_blend = check_range(start_blend, "LocalBlend start_blend", 0, 1)
         # the size of the maps read, as a fraction of the latent's
         self.res_fraction = check_range(res_fraction, "LocalBlend res_fraction", 0, 1, low_open=True)
@@ -80,12 +84,14 @@ class LocalBlend:
         self.downsample = blend_downsample(self.res_fraction, latent_hw[0])
         self.alpha = self.alpha.to(device)
         self.sub_alpha = None if self.sub_alpha is None else self.sub_alpha.to(device)
-        self.sum = None
+        self.sum, self.cut = None, defaults.BLEND_THRESHOLD if self.threshold is None else self.threshold
 
     def reads(self, place: Place) -> bool:
-        """The UNet's down and up cross-attention at the chosen size; every MM-DiT image->text map."""
-        if place.part == "image->text":
-            return True
+        """The UNet's down and up cross-attention at the chosen size; every MM-DiT text->image map (and on
+        an MM-DiT the maps are cut at its threshold)."""
+        if place.part:  # joint attention
+            self.cut = defaults.MMDIT_BLEND_THRESHOLD if self.threshold is None else self.threshold
+            return place.part == "text->image"
         return place.is_cross and place.downsample == self.downsample and place.where in ("down", "up")
 
     def __call__(self, i: int, maps: list, x: torch.Tensor) -> torch.Tensor:
@@ -102,8 +108,8 @@ class LocalBlend:
         if self.user_mask is not None:
             mask = F.interpolate(self.user_mask[None, None].to(x), size=self.latent_hw)
         else:
-            mask = region(self.sum, self.alpha, self.latent_hw, self.threshold, pool=True)
+            mask = region(self.sum, self.alpha, self.latent_hw, self.cut, pool=True)
             mask = mask[:1] | mask  # the source's region and each prompt's own
             if self.sub_alpha is not None:
-                mask = mask & ~region(self.sum, self.sub_alpha, self.latent_hw, self.threshold, pool=False)
+                mask = mask & ~region(self.sum, self.sub_alpha, self.latent_hw, self.cut, pool=False)
         return torch.lerp(x[:1].expand_as(x), x, mask.to(x))  # lerp is exact at 0 and 1

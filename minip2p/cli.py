@@ -185,7 +185,7 @@ def common(p, out: str):
     p.add_argument(
         "--weights",
         help="an SD .safetensors file or diffusers folder, or a bundled model: shapes (the default), "
-        "shapes-mmdit (once trained and exported)",
+        "shapes-mmdit (its SD3-family sibling)",
     )
     p.add_argument("--text-encoders", help="SD3: a folder with the text encoders the file lacks")
     p.add_argument("--tokenizers", help="SD3: a folder with T5's tokenizer (tokenizer_3/)")
@@ -342,9 +342,7 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo", help="the offline demo on the bundled model; writes demo.png", formatter_class=formatter
     )
-    d.add_argument(
-        "--weights", help="the bundled model: shapes (default), or shapes-mmdit once trained and exported"
-    )
+    d.add_argument("--weights", help="the bundled model: shapes (default), or shapes-mmdit (its MM-DiT)")
     d.add_argument("--seed", type=int, default=DEMO_SEED, help="seed of the initial noise")
     d.add_argument(
         "--steps", type=int, help=f"sampling steps (default: the model's, {defaults.STEPS} DDIM; 28 Euler)"

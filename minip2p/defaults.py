@@ -26,6 +26,7 @@ SELF_MIN_TOKENS = 16**2  # ...and at every map of at most 16x16 queries (the off
 
 # LocalBlend
 BLEND_THRESHOLD = 0.3  # a cell is in the region where the words' attention exceeds this share of its maximum
+MMDIT_BLEND_THRESHOLD = 0.6  # the same cut of an MM-DiT's text->image maps (docs/RESULTS.md, "LocalBlend")
 START_BLEND = 0.2  # blend from this fraction of the steps on (the null-text notebook; the SD notebook: 0)
 BLEND_RES_FRACTION = 0.25  # the maps the mask is read from, as a fraction of the latent size...
 MIN_MAP_SIZE = 8  # ...but never maps coarser than 8x8 (a 16x16 latent's 1/4 would be 4x4)

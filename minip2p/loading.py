@@ -28,7 +28,7 @@ def load(
     diffusers folder (SD1, SD2, SDXL base, SD3 / SD3.5).
 
     path=None (or "shapes") loads the bundled shapes-world model, "shapes-mmdit" its MM-DiT (SD3-family)
-    sibling once `scripts/train_shapes.py export --arch mmdit` writes it (a file of that name: "./shapes").
+    sibling (`scripts/train_shapes.py export --arch mmdit` writes it; a file of that name: "./shapes").
     `dtype` is the UNet's and text encoders'; `vae_dtype` the
     VAE's (see `Pipeline.to`). `prediction` ("epsilon" or "v") overrides what the file says or implies:
     v-prediction (SD2 768-v models) is not visible in the weights. SD3 files only (an SD3 folder holds its

@@ -206,8 +206,9 @@ class Edit(Controller):
         elif self.replaces_self(place):
             cond[1:] = base.expand_as(target)
         # the maps actually used are the ones stored and blended on (as in the official code)
-        if self.reads_blend(place):
-            self.blend_maps.append(cond.mean(1))
+        if self.reads_blend(place):  # (P, image, 77) maps; an MM-DiT's text->image maps turned so
+            m = cond.mean(1)
+            self.blend_maps.append(m.transpose(1, 2) if place.part == "text->image" else m)
 
     def after_step(self, i, latents):
         if self.store is not None:

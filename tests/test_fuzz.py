@@ -107,7 +107,7 @@ def test_step_windows(value):
 @given(threshold=anything, start_blend=anything)
 def test_local_blend_numbers(threshold, start_blend):
     lb = refused_in_one_line(LocalBlend, ["a", "a"], threshold, start_blend)
-    assert lb is None or (0 <= lb.threshold <= 1 and 0 <= lb.start_blend <= 1)
+    assert lb is None or ((lb.threshold is None or 0 <= lb.threshold <= 1) and 0 <= lb.start_blend <= 1)
 
 
 @pytest.mark.parametrize("prompt", ["", " ", "a  b", "cat,", "🙂", "a" * 300])

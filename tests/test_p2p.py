@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from minip2p import AttentionStore, LocalBlend, Replace, Reweight, defaults, make_edit
-from minip2p.attention import Place
+from minip2p.attention import Place, joint_parts
 from minip2p.blend import blend_downsample
 from minip2p.p2p import check_window, cross_alphas, cross_windows, default_edit_kind, step_window
 
@@ -189,6 +189,17 @@ def test_map_resolution_follows_the_latent_but_stays_at_least_8x8(tokenizer):
         assert [e.wants(p) for p in places] == wanted, (latent, fraction)
     lb = bound_blend(tokenizer, (16, 16))
     assert lb.reads(Place("input_blocks.4.1.transformer_blocks.0.attn2", "down", True, 2, 4))
+
+
+def test_local_blend_on_an_mmdit_reads_each_words_map_over_the_image(tokenizer):
+    """On joint attention LocalBlend reads the text->image maps (the image->text ones are too diffuse to cut
+    a region from: docs/RESULTS.md) and cuts them at the MM-DiT's threshold unless given one."""
+    joint = Place("joint_blocks.0.x_block.attn", "early", False, 2, 4, "joint", layer=0, prompt_tokens=77)
+    for threshold, cut in ((None, defaults.MMDIT_BLEND_THRESHOLD), (0.3, 0.3)):
+        lb = bound_blend(tokenizer, (16, 16), threshold=threshold)
+        assert lb.cut == (defaults.BLEND_THRESHOLD if threshold is None else threshold)
+        assert [lb.reads(p) for p in joint_parts(joint).values()] == [False, False, True]
+        assert lb.cut == cut
 
 
 def test_edit_api_is_make_edit_then_generate(pipe):

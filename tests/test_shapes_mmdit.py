@@ -1,5 +1,6 @@
-"""The bundled shapes-world MM-DiT (`load("shapes-mmdit")`): what it is on disk, that it draws what it is told,
-and what Prompt-to-Prompt does on its joint attention (measured by the analyser, against plain generation).
+"""The bundled shapes-world MM-DiT (`load("shapes-mmdit")`): what it is on disk, that it draws what it is
+told, and what Prompt-to-Prompt does on its joint attention (measured by the analyser, against plain
+generation).
 
 Smaller samples of `benchmarks/shapes_quality.py`, `shapes_edits.py` and `inversion.py` with `--weights
 shapes-mmdit` (figures in docs/RESULTS.md). Its file format is tested on a small random model in
@@ -76,6 +77,14 @@ def test_a_swap_takes_the_new_word_and_keeps_the_other_object(swaps):
     assert all(r["Replace"]["background"] for r in swaps)
     assert mean(swaps, "Replace", "kept_iou") > mean(swaps, "plain target", "kept_iou")
     assert mean(swaps, "Replace", "outside") < mean(swaps, "plain target", "outside")
+
+
+@pytest.mark.slow
+def test_local_blend_keeps_what_lies_outside_its_word(swaps):
+    """LocalBlend, cut from the words' text->image maps: less change outside the edited object than Replace
+    alone, and the other object kept at least as well."""
+    assert mean(swaps, "Replace + LocalBlend", "outside") < mean(swaps, "Replace", "outside")
+    assert mean(swaps, "Replace + LocalBlend", "kept_iou") >= mean(swaps, "Replace", "kept_iou")
 
 
 @pytest.mark.slow
