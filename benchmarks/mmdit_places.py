@@ -25,9 +25,11 @@ from minip2p.mmdit import THIRDS
 
 CROSS = [0.2, 0.4, 0.6, 0.8, 1.0]  # cross_replace_steps of the window grid
 SELF = [0.0, 0.2, 0.4, 0.6, 0.8]  # self_replace_steps
-DEFAULT = (0.8, 0.4)  # the paper's windows: where tables 1 and 2 stand
-PLACES = {f"image->text at {t}": {"cross_places": [t]} for t in THIRDS}
-PLACES.update({f"image->image at {t}": {"self_places": [t]} for t in THIRDS})
+DEFAULT = (0.8, 0.4)  # the paper's windows: where tables 1 and 2 stand (SD3's default, 0.8 / 0.6, is in 3)
+PLACES = {f"image->text at {t}": {"cross_places": [t], "self_replace_steps": DEFAULT[1]} for t in THIRDS}
+PLACES.update(
+    {f"image->image at {t}": {"self_places": [t], "self_replace_steps": DEFAULT[1]} for t in THIRDS}
+)
 PLACES["image->image nowhere"] = {"self_replace_steps": 0.0}
 
 
@@ -113,7 +115,7 @@ def main():
     print("\n1 and 2. which blocks take the source's maps (windows: cross 0.8, self 0.4)")
     print(header("edit", *COLUMNS, "change outside"))
     print(line("plain target, same noise", plain))
-    print(line("every block (the default)", table.get(("every block", *DEFAULT), [])))
+    print(line("every block (the paper's windows)", table.get(("every block", *DEFAULT), [])))
     for name in PLACES:
         print(line(name, table.get((name, DEFAULT[0], 0.0 if "nowhere" in name else DEFAULT[1]), [])))
     print("\n3. for how many steps (every block): cross_replace_steps x self_replace_steps")

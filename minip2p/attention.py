@@ -92,7 +92,9 @@ def joint_edit(attn, place: Place, controller: Controller, n: int) -> torch.Tens
     """A joint softmax map (B, heads, n + T, n + T) edited block by block. Each part a controller wants is
     handed over as a map of its own, rows renormalised to sum to 1 (as the UNet's maps do), and what the
     controller returns is scaled back by the row's own mass in that block: the target keeps its split of
-    attention between image, prompt and T5 tokens, and within a block follows the edit."""
+    attention between image, prompt and T5 tokens, and within a block follows the edit. A map the controller
+    only read (the same tensor back, its version counter unchanged: nothing written into it) is not written
+    back, so that watching changes no bit."""
     b, h = attn.shape[:2]
     for part, sub in joint_parts(place).items():
         if controller.wants(sub):
@@ -100,7 +102,10 @@ def joint_edit(attn, place: Place, controller: Controller, n: int) -> torch.Tens
             block = attn[:, :, rows, cols]
             mass = block.sum(-1, keepdim=True)
             shown = (block / mass.clamp(min=1e-30)).reshape(b * h, *block.shape[2:])
-            attn[:, :, rows, cols] = controller(shown, sub).reshape(block.shape) * mass
+            version = shown._version
+            out = controller(shown, sub)
+            if out is not shown or shown._version != version:
+                attn[:, :, rows, cols] = out.reshape(block.shape) * mass
     return attn
 
 

@@ -277,8 +277,8 @@ def parser() -> argparse.ArgumentParser:
         dest="self_",
         metavar="SELF",
         type=float,
-        default=defaults.SELF_REPLACE_STEPS,
-        help="self_replace_steps: fraction of the steps the target takes the source's self-attention",
+        help="self_replace_steps: fraction of the steps the target takes the source's self-attention "
+        f"(default {defaults.SELF_REPLACE_STEPS:g}; SD3 {defaults.SD3_SELF_REPLACE_STEPS:g})",
     )
     e.add_argument(
         "--self-size",

@@ -20,7 +20,8 @@ SEED = 0  # the command line's seed (the API draws one at random when seed is No
 
 # Prompt-to-Prompt edits
 CROSS_REPLACE_STEPS = 0.8  # fraction of the steps a target takes the source's cross-attention
-SELF_REPLACE_STEPS = 0.4  # fraction of the steps a target takes the source's self-attention
+SELF_REPLACE_STEPS = 0.4  # fraction of the steps a target takes the source's self-attention...
+SD3_SELF_REPLACE_STEPS = 0.6  # ...and an MM-DiT's image->image maps (docs/RESULTS.md, mmdit_places.py)
 SELF_MAX_FRACTION = 0.25  # self-attention replaced at maps up to this fraction of the latent per side...
 SELF_MIN_TOKENS = 16**2  # ...and at every map of at most 16x16 queries (the official code's absolute rule)
 

@@ -43,6 +43,10 @@ def step_window(window: tuple, rows: int) -> tuple:
     return int(window[0] * rows), int(window[1] * rows)
 
 
+def in_window(step: int, window: tuple) -> bool:
+    return window[0] <= step < window[1]
+
+
 def self_max_tokens(fraction: float, latent_hw: tuple) -> int:
     """The largest self-attention map (in queries) an edit replaces: `fraction` of the latent per side, and
     at least the official code's 16x16 (so all of a 16x16 latent, 16x16 of SD's 64x64, 32x32 of SDXL's
@@ -118,7 +122,7 @@ class Edit(Controller):
         prompts,
         tokenizer,
         cross_replace_steps=defaults.CROSS_REPLACE_STEPS,
-        self_replace_steps=defaults.SELF_REPLACE_STEPS,
+        self_replace_steps=None,
         local_blend: LocalBlend | None = None,
         self_max_fraction: float = defaults.SELF_MAX_FRACTION,
         store: AttentionStore | None = None,
@@ -132,7 +136,9 @@ class Edit(Controller):
         # the largest self-attention map replaced, as a fraction of the latent (0.25: 16x16 of 64x64; 1: all)
         self_max_fraction = check_range(self_max_fraction, "self_max_fraction", 0, 1, low_open=True)
         self.prompts, self.tokenizer = list(prompts), tokenizer
-        self.self_window = check_window(self_replace_steps, "self_replace_steps")
+        # None: the model's (SELF_REPLACE_STEPS; on an MM-DiT's image->image maps SD3_SELF_REPLACE_STEPS)
+        window = self_replace_steps
+        self.self_window = None if window is None else check_window(window, "self_replace_steps")
         self.cross_windows = cross_windows(self.prompts, tokenizer, cross_replace_steps)
         self.local_blend, self.store, self.self_max_fraction = local_blend, store, self_max_fraction
         # the places whose maps are replaced: None, all; else `Place.where` names or MM-DiT block numbers
@@ -150,7 +156,10 @@ class Edit(Controller):
 
     def start(self, steps, latent_hw, device=None):
         self.alphas = cross_alphas(self.cross_windows, len(self.prompts) - 1, steps)
-        self.self_steps = step_window(self.self_window, steps)
+        self.self_steps, self.joint_self_steps = (
+            step_window(self.self_window or (0.0, default), steps)
+            for default in (defaults.SELF_REPLACE_STEPS, defaults.SD3_SELF_REPLACE_STEPS)
+        )
         self.self_max_tokens = self_max_tokens(self.self_max_fraction, latent_hw)
         self.latent_hw = tuple(latent_hw)
         self.to(device)
@@ -177,7 +186,7 @@ class Edit(Controller):
             and place.part != "text->image"
             and (place.part == "image->image" or place.tokens(self.latent_hw) <= self.self_max_tokens)
             and chosen(place, self.self_places)
-            and self.self_steps[0] <= self.step < self.self_steps[1]
+            and in_window(self.step, self.joint_self_steps if place.part else self.self_steps)
         )
 
     def reads_blend(self, place: Place) -> bool:
@@ -317,7 +326,7 @@ def make_edit(
     *,
     kind: str | None = None,
     cross_replace_steps=defaults.CROSS_REPLACE_STEPS,
-    self_replace_steps=defaults.SELF_REPLACE_STEPS,
+    self_replace_steps=None,
     self_max_fraction: float = defaults.SELF_MAX_FRACTION,
     blend=None,
     reweight: dict | None = None,

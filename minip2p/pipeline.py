@@ -251,10 +251,10 @@ class Pipeline:
         `p2p.make_edit`: kind ("replace": a word swap, same word count; "refine": words added or removed;
         "reweight": the target's attention scaled by `reweight`, {word: scale}; by default replace for equal
         word counts, refine otherwise, reweight for identical prompts with `reweight`, which chains on the
-        other kinds), cross_replace_steps, self_replace_steps, self_max_fraction, blend (words whose region
-        the edit is confined to, LocalBlend, each looked up in both prompts), reweight, store. With several
-        targets each option is one value for all or a list of one per target (`batch.per_target`). The others
-        go to `generate` (seed, steps, sampler, inversion, ...)."""
+        other kinds), cross_replace_steps, self_replace_steps (None: 0.4; an MM-DiT's 0.6), self_max_fraction,
+        blend (words whose region the edit is confined to, LocalBlend, each looked up in both prompts),
+        reweight, store. With several targets each option is one value for all or a list of one per target
+        (`batch.per_target`). The others go to `generate` (seed, steps, sampler, inversion, ...)."""
         recording = source if isinstance(source, Recording) else options.pop("recording", None)
         source = source.prompt if isinstance(source, Recording) else source
         edit_options = {k: options.pop(k) for k in list(options) if k in EDIT_OPTIONS}

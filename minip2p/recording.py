@@ -29,9 +29,10 @@ NOISE = ("seed", "generator", "latents", "inversion")  # where the start noise c
 
 
 def recordable(place: Place, max_tokens: int, latent_hw: tuple) -> bool:
-    """The maps an edit can ask of the source: every cross-attention map (an MM-DiT's image->text block),
-    self-attention up to `max_tokens` queries (every MM-DiT image->image block: they are all one size)."""
-    if place.is_cross or place.part == "image->image":
+    """The maps an edit can ask of the source: every cross-attention map (an MM-DiT's image->text block, and
+    its text->image block, which LocalBlend reads), self-attention up to `max_tokens` queries (every MM-DiT
+    image->image block: they are all one size)."""
+    if place.is_cross or place.part in ("image->image", "text->image"):
         return True
     return place.part == "" and place.tokens(latent_hw) <= max_tokens
 
@@ -111,7 +112,10 @@ class Recording:
         for name, maps in self.maps.items():
             p = places.get(name)
             n = None if p is None else p.tokens(hw)
-            if p is None or tuple(maps.shape[1:]) != (p.heads, n, maps.shape[3] if p.is_cross else n):
+            shape = (n, maps.shape[3] if p is not None and p.is_cross else n)
+            if p is not None and p.part == "text->image":
+                shape = (maps.shape[2], n)  # prompt tokens x image
+            if p is None or tuple(maps.shape[1:]) != (p.heads, *shape):
                 raise ValueError(f"this recording's map {name!r} does not fit this model: record with it")
 
     def save(self, path):

@@ -55,7 +55,9 @@ class Item:
 
 
 def window_name(w) -> str:
-    """A grid point in a file name, exactly (repr: 0.3 and 0.30000001 stay apart)."""
+    """A grid point in a file name, exactly (repr: 0.3 and 0.30000001 stay apart); None, the default."""
+    if w is None:
+        return "default"
     return repr(float(w)) if isinstance(w, (int, float)) else "-".join(repr(float(v)) for v in w)
 
 
@@ -66,7 +68,8 @@ def grid(value, name: str) -> list:
     if not values:
         raise ValueError(f"{name}: an empty grid")
     for v in values:
-        check_window(tuple(v) if isinstance(v, list) else v, name)
+        if v is not None:  # the default
+            check_window(tuple(v) if isinstance(v, list) else v, name)
     return values
 
 
@@ -114,7 +117,7 @@ def line_items(d, n: int, tokenizer) -> list:
     guidance = d.get("guidance_scale")  # None: the model's own (SD 7.5, SDXL 5.0), as pipe.edit's
     guidance = None if guidance is None else check_finite(guidance, "guidance_scale")
     cross = grid(d.get("cross_replace_steps", defaults.CROSS_REPLACE_STEPS), "cross_replace_steps")
-    self_ = grid(d.get("self_replace_steps", defaults.SELF_REPLACE_STEPS), "self_replace_steps")
+    self_ = grid(d.get("self_replace_steps"), "self_replace_steps")  # None: the model's, as pipe.edit's
     reweight, blend = d.get("reweight"), d.get("blend")
     if reweight is not None and not isinstance(reweight, dict):
         raise ValueError(f'"reweight" must be {{word: scale}}, not {short(reweight)}')

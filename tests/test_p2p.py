@@ -234,3 +234,17 @@ def test_local_blend_starts_at_start_blend(tokenizer):
     x = torch.randn(2, 4, 4, 4)
     assert torch.equal(lb(1, [], x), x)
     assert torch.equal(lb(2, [], x)[1], x[0])
+
+
+def test_the_self_window_is_the_models_unless_given(tokenizer):
+    """self_replace_steps None: 0.4 of the steps on a UNet's self-attention (the paper's), 0.6 on an MM-DiT's
+    image->image maps (chosen from benchmarks/mmdit_places.py); a value given holds on both."""
+    unet = Place("input_blocks.4.1.transformer_blocks.0.attn1", "down", False, 2, 4)
+    joint = Place("joint_blocks.0.x_block.attn", "early", False, 2, 4, "joint", layer=0, prompt_tokens=77)
+    image = joint_parts(joint)["image->image"]
+    for window, wanted in ((None, [False, True]), (0.4, [False, False]), (0.6, [True, True])):
+        e = Replace(P, tokenizer, self_replace_steps=window)
+        e.start(10, (16, 16))
+        e.before_step(int(10 * defaults.SELF_REPLACE_STEPS))  # the first step past the paper's window
+        assert [e.replaces_self(unet), e.replaces_self(image)] == wanted, window
+    assert defaults.SELF_REPLACE_STEPS < 0.5 < defaults.SD3_SELF_REPLACE_STEPS

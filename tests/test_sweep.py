@@ -89,7 +89,7 @@ def test_a_sweep_runs_resumes_and_refuses_to_mix_specs(tmp_path):
     records = minip2p.sweep(SPEC, out, progress=False)
     assert len(records) == 5 and len({r["key"] for r in records}) == 5
     first = records[0]
-    assert first["settings"]["kind"] == "replace" and first["settings"]["self_replace_steps"] == 0.4
+    assert first["settings"]["kind"] == "replace" and first["settings"]["self_replace_steps"] is None
     assert first["settings"]["guidance_scale"] is None and "spec" not in first  # each line once, by id:
     specs = [json.loads(line) for line in (out / "specs.jsonl").read_text().splitlines()]
     assert [s["spec"] for s in specs] == SPEC and [s["id"] for s in specs][1] == "weights"
@@ -244,12 +244,12 @@ def test_a_failing_edit_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch,
     spec = [SPEC[0], dict(SPEC[1], id="fails")]  # in a batch with SPEC[0]'s seed 0: run alone, it fails
     code, out, err = cli("sweep", write_spec(tmp_path / "s.jsonl", spec), "--out", tmp_path / "o", "--quiet")
     assert code == 0 and "5 edits" in out and "1 failed" in out
-    failed = read_results(tmp_path / "o" / "results.jsonl")["fails_seed0_cross0.8_self0.4"]
+    failed = read_results(tmp_path / "o" / "results.jsonl")["fails_seed0_cross0.8_selfdefault"]
     assert failed["error"] == "this edit cannot be done" and failed["images"] == {}
     monkeypatch.setattr(minip2p.Pipeline, "edit", edit)  # the cause gone (out of memory, say): a re-run
     code, out, err = cli("sweep", write_spec(tmp_path / "s.jsonl", spec), "--out", tmp_path / "o")
     assert code == 0 and "1 of 5 edits to do (4 finished; 1 that failed before tried again)" in err
-    assert "error" not in read_results(tmp_path / "o" / "results.jsonl")["fails_seed0_cross0.8_self0.4"]
+    assert "error" not in read_results(tmp_path / "o" / "results.jsonl")["fails_seed0_cross0.8_selfdefault"]
 
 
 def test_a_resume_with_other_options_or_a_bad_model_is_refused(tmp_path, cli):

@@ -83,7 +83,7 @@ def test_the_api_takes_what_pipe_edit_and_load_take(tmp_path):
     spec = [dict(LINE, cross_replace_steps=(0.2, 0.6), seeds=[np.int64(3)])]
     (record,) = minip2p.sweep(spec, tmp_path / "o", dtype=torch.float32, progress=False)
     assert record["settings"]["cross_replace_steps"] == [0.2, 0.6] and record["settings"]["seed"] == 3
-    assert record["key"] == "e_seed3_cross0.2-0.6_self0.4"
+    assert record["key"] == "e_seed3_cross0.2-0.6_selfdefault"
 
 
 def test_paths_and_options_are_one_line(tmp_path, cli):
@@ -254,7 +254,7 @@ def test_one_sweep_per_folder_and_a_dead_ones_lock_is_taken_over(tmp_path):
     assert second.returncode == 1 and f"in use by another sweep (pid {first.pid}" in one_line(second.stderr)
     first.kill()
     first.communicate(timeout=60)
-    (tmp_path / "o" / "images" / ".e0_seed0_cross0.8_self0.4_edited.png.abc.tmp").write_bytes(b"half")
+    (tmp_path / "o" / "images" / ".e0_seed0_cross0.8_selfdefault_edited.png.abc.tmp").write_bytes(b"half")
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     records = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
