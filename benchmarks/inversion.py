@@ -72,8 +72,8 @@ def shapes_model(pipe, args):
 
 EDITS = {
     "keep structure (self 0.8, every size)": defaults.KEEP_STRUCTURE,
-    "paper defaults (self 0.4, up to 1/4)": dict(
-        self_replace_steps=defaults.SELF_REPLACE_STEPS, self_max_fraction=defaults.SELF_MAX_FRACTION
+    "defaults (self 0.4, SD3 0.6; up to 1/4)": dict(
+        self_replace_steps=None, self_max_fraction=defaults.SELF_MAX_FRACTION
     ),
 }
 

@@ -20,7 +20,7 @@ from minip2p import defaults, shapes
 from minip2p.evaluation import REFINES, edit_variants
 
 VARIANTS = {
-    "Refine, defaults (0.8 / 0.4)": {},
+    "Refine, defaults (0.8 / 0.4; SD3: 0.8 / 0.6)": {},
     "plain target, same noise": None,
     "Refine, keep structure (self 0.8)": defaults.KEEP_STRUCTURE,
 }
