@@ -42,7 +42,7 @@ DEMO = [  # (label, source, target, edit options): Prompt-to-Prompt on the shape
         {"kind": "refine"},
     ),
 ]
-DEMO_SEED = 8888
+DEMO_SEEDS = {"shapes": 8888, "shapes-mmdit": 8011}  # seeds whose two sources show their prompts
 
 
 def load_model(args):
@@ -89,11 +89,12 @@ def cmd_generate(args):
 def cmd_demo(args):
     out = check_output(args.out, IMAGE_SUFFIXES)  # before the model is even loaded
     pipe = load_model(args)  # a bundled shapes-world model
+    seed = DEMO_SEEDS.get(args.weights, DEMO_SEEDS["shapes"]) if args.seed is None else args.seed
     images, captions = [], []
     for source in dict.fromkeys(s for _, s, _, _ in DEMO):  # the edits of one source: one batch
         edits = [(label, target, o) for label, s, target, o in DEMO if s == source]
         options = {k: [o.get(k) for _, _, o in edits] for k in {k for _, _, o in edits for k in o}}
-        run = dict(seed=args.seed, steps=args.steps, sampler=args.sampler, progress=not args.quiet)
+        run = dict(seed=seed, steps=args.steps, sampler=args.sampler, progress=not args.quiet)
         images += pipe.edit(source, [target for _, target, _ in edits], **run, **options)
         captions += [f"source: {source}"] + [label for label, _, _ in edits]
     save_image(image_grid(images, captions, min_size=384, columns=len(images)), out)
@@ -343,7 +344,7 @@ def parser() -> argparse.ArgumentParser:
         "demo", help="the offline demo on the bundled model; writes demo.png", formatter_class=formatter
     )
     d.add_argument("--weights", help="the bundled model: shapes (default), or shapes-mmdit (its MM-DiT)")
-    d.add_argument("--seed", type=int, default=DEMO_SEED, help="seed of the initial noise")
+    d.add_argument("--seed", type=int, help="seed of the initial noise (default: 8888; shapes-mmdit 8011)")
     d.add_argument(
         "--steps", type=int, help=f"sampling steps (default: the model's, {defaults.STEPS} DDIM; 28 Euler)"
     )

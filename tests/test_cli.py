@@ -178,8 +178,9 @@ def test_an_unavailable_device_on_the_command_line(tmp_path):
     assert r.stderr.count("\n") == 1
 
 
-def test_demo_writes_its_grid(tmp_path, cli):
-    code, stdout, err = cli("demo", "--steps", 2, "--out", tmp_path / "demo.png")
+@pytest.mark.parametrize("weights", [[], ["--weights", "shapes-mmdit"]])
+def test_demo_writes_its_grid(tmp_path, cli, weights):
+    code, stdout, err = cli("demo", *weights, "--steps", 2, "--out", tmp_path / "demo.png")
     assert code == 0, err
     assert "4 Prompt-to-Prompt edits of 2 source images" in stdout
     assert Image.open(tmp_path / "demo.png").size[0] == 6 * 384
