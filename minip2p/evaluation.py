@@ -5,6 +5,7 @@ The benchmarks print these over many seeds (docs/RESULTS.md); the tests assert t
 """
 
 import math
+from itertools import islice
 
 import numpy as np
 import torch
@@ -142,6 +143,12 @@ def swap_edit(pipe, seed: int, **generate) -> dict | None:
     words = sorted({shapes.parse(source).objects[k].shape, shapes.parse(target).objects[k].shape})
     variants = {"Replace": {}, "plain target": None, "Replace + LocalBlend": {"blend": words}}
     return edit_variants(pipe, source, target, k, seed, variants, **generate)
+
+
+def shown_swaps(pipe, n: int, tries: int, **generate) -> list:
+    """swap_edit's scores on the first n of `tries` seeds whose source image shows its prompt (fewer if the
+    model draws fewer)."""
+    return list(islice(filter(None, (swap_edit(pipe, seed, **generate) for seed in range(tries))), n))
 
 
 def reweight_shown(pipe, word: str, scale: float, seeds, **generate) -> dict:

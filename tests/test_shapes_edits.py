@@ -11,7 +11,6 @@ benchmarks measure the rates themselves, on 50 seeds.
 """
 
 import math
-from itertools import islice
 
 import numpy as np
 import pytest
@@ -27,7 +26,7 @@ from minip2p.evaluation import (
     psnr,
     rendered_scenes,
     reweight_shown,
-    swap_edit,
+    shown_swaps,
     turned,
     vae_round_trip,
 )
@@ -58,8 +57,7 @@ def test_within_one_can_fail(n, rate, baseline, p_fail):
 def swaps(shapes_pipe):
     """Scores of Replace, plain generation of the target and Replace + LocalBlend, for the first 8 seeds whose
     source image shows its prompt (2 of each of the 4 word swaps)."""
-    rows = (swap_edit(shapes_pipe, seed, progress=False) for seed in range(24))
-    rows = list(islice((r for r in rows if r), 8))
+    rows = shown_swaps(shapes_pipe, 8, 24, progress=False)
     assert len(rows) == 8, "the model drew fewer than 8 of 24 sources as their prompts say"
     return rows
 

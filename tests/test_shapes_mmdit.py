@@ -8,7 +8,6 @@ tests/test_sd3_own_files.py; here, the trained weights.
 """
 
 import math
-from itertools import islice
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from safetensors import safe_open
 
 import minip2p
 from minip2p.checkpoint import BUNDLED_MMDIT
-from minip2p.evaluation import adherence, psnr, rendered_scenes, swap_edit, vae_round_trip
+from minip2p.evaluation import adherence, psnr, rendered_scenes, shown_swaps, vae_round_trip
 from minip2p.sd3 import SD3Pipeline
 
 
@@ -60,8 +59,7 @@ def test_guidance_makes_it_follow_the_prompt(mmdit):
 def swaps(mmdit):
     """Replace, plain generation of the target and Replace + LocalBlend, on the first 8 seeds whose source
     shows its prompt."""
-    rows = (swap_edit(mmdit, seed, progress=False) for seed in range(32))
-    rows = list(islice((r for r in rows if r), 8))
+    rows = shown_swaps(mmdit, 8, 32, progress=False)
     assert len(rows) == 8, "the model drew fewer than 8 of 32 sources as their prompts say"
     return rows
 
