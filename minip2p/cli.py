@@ -344,8 +344,7 @@ def parser() -> argparse.ArgumentParser:
         "demo", help="the offline demo on the bundled model; writes demo.png", formatter_class=formatter
     )
     d.add_argument("--weights", help="the bundled model: shapes (default), or shapes-mmdit (its MM-DiT)")
-    seeds = "; ".join(f"{k} {v}" for k, v in DEMO_SEEDS.items())
-    d.add_argument("--seed", type=int, help=f"seed of the initial noise (default: {seeds})")
+    d.add_argument("--seed", type=int, help=f"seed of the initial noise (default, per model: {DEMO_SEEDS})")
     d.add_argument(
         "--steps", type=int, help=f"sampling steps (default: the model's, {defaults.STEPS} DDIM; 28 Euler)"
     )
